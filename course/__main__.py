@@ -1,0 +1,165 @@
+"""Command line: ``python -m course {build,grade,verify,execute}``.
+
+    python -m course build [--check]                 regenerate notebooks/ from solutions/
+    python -m course grade SUBMISSION.ipynb [--json F] [--junit F]
+    python -m course grade DIR --gradebook grades.csv [--junit F]
+    python -m course verify solutions/01_transformer.ipynb   every check fails on its stub, passes on the solution
+    python -m course execute solutions/01_transformer.ipynb  re-run a solution and store its outputs
+
+Exit codes of ``grade``: 0 whenever grading ran, whatever the score (a failing submission is a
+result, not an error); 2 when grading itself could not run (missing file, unknown notebook,
+bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _build(args) -> int:
+    from .grading import exercises
+
+    if args.check:
+        problems = exercises.drift(args.solutions, args.notebooks)
+        for line in problems:
+            print(f"drift: {line}")
+        if problems:
+            print("run `make notebooks` (python -m course build) and commit the result")
+        return 1 if problems else 0
+    changed = exercises.build(args.solutions, args.notebooks)
+    total = len(list(Path(args.solutions).glob("*.ipynb")))
+    print(f"built {total} student notebook(s) in {args.notebooks}; {len(changed)} changed")
+    for path in changed:
+        print(f"  updated {path}")
+    return 0
+
+
+def _grade(args) -> int:
+    from .grading import grader
+
+    target = Path(args.submission)
+    if target.is_dir():
+        paths = sorted(p for p in target.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+        if not paths:
+            print(f"error: no .ipynb files under {target}", file=sys.stderr)
+            return 2
+    elif target.is_file():
+        paths = [target]
+    else:
+        print(f"error: no such file or directory: {target}", file=sys.stderr)
+        return 2
+    reports, failed_to_grade = [], []
+    for path in paths:
+        try:
+            report = grader.grade(path, solutions_dir=args.solutions, cell_timeout=args.cell_timeout,
+                                  total_timeout=args.total_timeout)
+        except grader.GradingError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed_to_grade.append(path)
+            continue
+        reports.append(report)
+        print(grader.format_report(report, color=sys.stdout.isatty()))
+    if args.json:
+        payload = [r.to_dict() for r in reports]
+        Path(args.json).write_text(json.dumps(payload[0] if len(payload) == 1 and target.is_file() else payload,
+                                              indent=1) + "\n")
+    if args.junit:
+        Path(args.junit).write_text(grader.junit_xml(reports))
+    if args.gradebook:
+        rows = grader.gradebook_rows(reports)
+        if rows:
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            with open(args.gradebook, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+            print(f"gradebook: {len(rows)} submission(s) -> {args.gradebook}")
+    return 2 if failed_to_grade and not reports else 0
+
+
+def _verify(args) -> int:
+    from .grading import exercises, grader
+
+    status = 0
+    for path in args.solutions:
+        manifest = exercises.parse_exercises(exercises.read(path), Path(path).stem)
+        result = grader.verify_solution(path)
+        problems = result.problems(manifest)
+        verdict = "ok" if not problems else f"{len(problems)} problem(s)"
+        print(f"{path}: {len(manifest.exercises)} exercises, {result.seconds:.1f} s, {verdict}")
+        for line in problems:
+            print(f"  - {line}")
+        status |= bool(problems)
+    return status
+
+
+def _execute(args) -> int:
+    """Re-run solutions and store their outputs, as nbval will compare them."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from .grading.exercises import write_deterministic
+    from .grading.kernel import kernel_env
+
+    for name in args.solutions:
+        path = Path(name)
+        nb = nbformat.read(str(path), as_version=4)
+        start = time.perf_counter()
+        client = NotebookClient(nb, kernel_name="python3", timeout=args.cell_timeout, record_timing=False,
+                                resources={"metadata": {"path": str(path.parent)}})
+        with client.setup_kernel(env=kernel_env(), cwd=str(path.parent)):
+            client.execute()
+        seconds = time.perf_counter() - start
+        for cell in nb.cells:
+            cell.metadata.pop("execution", None)
+        nb.metadata.pop("widgets", None)
+        write_deterministic(nb, path)
+        print(f"{path}: executed in {seconds:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="regenerate student notebooks from solutions")
+    p.add_argument("--solutions", default=str(REPO / "solutions"))
+    p.add_argument("--notebooks", default=str(REPO / "notebooks"))
+    p.add_argument("--check", action="store_true", help="only report drift; exit 1 if any")
+    p.set_defaults(run=_build)
+
+    p = sub.add_parser("grade", help="grade a submission, or a folder of them")
+    p.add_argument("submission", help="a .ipynb file, or a folder searched recursively")
+    p.add_argument("--solutions", default=str(REPO / "solutions"), help="folder of solution notebooks")
+    p.add_argument("--json", help="write the report(s) as JSON here")
+    p.add_argument("--junit", help="write a JUnit XML report here")
+    p.add_argument("--gradebook", help="write one CSV row per submission here")
+    p.add_argument("--cell-timeout", type=float, default=300, help="seconds per cell (default 300)")
+    p.add_argument("--total-timeout", type=float, default=1200, help="seconds per submission (default 1200)")
+    p.set_defaults(run=_grade)
+
+    p = sub.add_parser("verify", help="meta-test: each check fails on its stub and passes on the solution")
+    p.add_argument("solutions", nargs="+")
+    p.set_defaults(run=_verify)
+
+    p = sub.add_parser("execute", help="re-run solutions in place, storing outputs for nbval")
+    p.add_argument("solutions", nargs="+")
+    p.add_argument("--cell-timeout", type=int, default=600)
+    p.set_defaults(run=_execute)
+
+    args = parser.parse_args(argv)
+    for flag in ("cell_timeout", "total_timeout"):
+        if getattr(args, flag, 1) <= 0:
+            parser.error(f"--{flag.replace('_', '-')} must be positive")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

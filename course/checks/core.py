@@ -1,0 +1,191 @@
+"""The check framework behind every exercise.
+
+A *check* is a function decorated with :func:`check`. It receives the learner's code, runs it on
+test cases (smallest first, so the first failure is the smallest counterexample), and either
+returns normally (pass) or raises :class:`CheckFailed` with a message that says what was expected
+and what came back. The decorator turns that into one short line, green for a pass and red for a
+failure, and records a :class:`Result` that the grader reads.
+
+Writing a check::
+
+    @check
+    def softmax(fn):
+        for x in cases():
+            assert_close(fn(x), torch.softmax(x, -1), atol=1e-6, rtol=1e-5, name="softmax(x)",
+                         inputs={"x": x})
+        return "3 shapes, large logits included"
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+
+GREEN, RED, BOLD, RESET = "\033[32m", "\033[31m", "\033[1m", "\033[0m"
+
+#: Every result recorded in this process, in order. The grader reads the last one after each check.
+RESULTS: list["Result"] = []
+
+
+class CheckFailed(AssertionError):
+    """Raised inside a check when the learner's code gives a wrong answer."""
+
+
+@dataclass
+class Result:
+    check: str
+    passed: bool
+    message: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def render(self) -> str:
+        if self.passed:
+            detail = f" ({self.message})" if self.message else ""
+            return f"{GREEN}{BOLD}✓ {self.check} passed{RESET}{detail}"
+        return f"{RED}{BOLD}✗ {self.check} failed{RESET}\n{self.message}"
+
+
+def check(fn: Callable[..., str | None]) -> Callable[..., None]:
+    """Decorate a check: catch failures and errors, print one verdict, record a :class:`Result`.
+
+    A check never raises into the learner's notebook: ``NotImplementedError`` reads as "not done
+    yet", any other exception as an error in the learner's code with its last frames.
+    """
+
+    @functools.wraps(fn)
+    def run_check(*args, **kwargs) -> None:
+        name = fn.__name__
+        try:
+            detail = fn(*args, **kwargs)
+            result = Result(name, True, detail or "")
+        except CheckFailed as failure:
+            result = Result(name, False, str(failure))
+        except NotImplementedError as stub:
+            result = Result(name, False, f"not implemented yet: {stub}")
+        except Exception as error:  # the learner's code raised: show where, briefly
+            result = Result(name, False, describe_exception(error))
+        RESULTS.append(result)
+        print(result.render())
+
+    run_check.is_check = True
+    return run_check
+
+
+def describe_exception(error: BaseException, frames: int = 3) -> str:
+    """`TypeError: ...` plus the last few frames, enough to find the line without a wall of text."""
+    tb = traceback.extract_tb(error.__traceback__)[-frames:]
+    where = "".join(f"  at {f.name} (line {f.lineno}): {(f.line or '').strip()}\n" for f in tb)
+    return f"your code raised {type(error).__name__}: {error}\n{where}".rstrip()
+
+
+# --- assertions used by checks -------------------------------------------------------------
+
+
+def describe_tensor(t: Any) -> str:
+    """One line about a value: shape and dtype for tensors, values too when it is tiny."""
+    if isinstance(t, torch.Tensor):
+        text = f"tensor shape {tuple(t.shape)} dtype {t.dtype} device {t.device.type}"
+        if t.numel() <= 16:
+            text += f" values {t.detach().cpu().flatten().tolist()}"
+        return text
+    return f"{type(t).__name__} {t!r}"[:200]
+
+
+def describe_inputs(inputs: dict[str, Any] | None) -> str:
+    if not inputs:
+        return ""
+    lines = "".join(f"\n    {k}: {describe_tensor(v)}" for k, v in inputs.items())
+    return f"\n  on inputs:{lines}"
+
+
+def require(condition: bool, message: str) -> None:
+    """Fail the check with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise CheckFailed(message)
+
+
+def assert_tensor(value: Any, name: str, *, shape: Iterable[int] | None = None,
+                  dtype: torch.dtype | None = None, inputs: dict | None = None) -> torch.Tensor:
+    """Fail unless ``value`` is a tensor with the given shape and dtype."""
+    if not isinstance(value, torch.Tensor):
+        raise CheckFailed(f"{name}: expected a torch.Tensor, got {type(value).__name__}"
+                          + describe_inputs(inputs))
+    if shape is not None and tuple(value.shape) != tuple(shape):
+        raise CheckFailed(f"{name}: expected shape {tuple(shape)}, got {tuple(value.shape)}"
+                          + describe_inputs(inputs))
+    if dtype is not None and value.dtype != dtype:
+        raise CheckFailed(f"{name}: expected dtype {dtype}, got {value.dtype}" + describe_inputs(inputs))
+    return value
+
+
+def assert_close(actual: Any, expected: torch.Tensor, *, atol: float, rtol: float, name: str = "output",
+                 inputs: dict | None = None, hint: str | None = None) -> None:
+    """Fail unless ``|actual - expected| <= atol + rtol * |expected|`` everywhere.
+
+    Tolerances are required arguments on purpose: every check states, next to its call, why its
+    numbers are what they are. The failure names the worst element, its index, and how many
+    elements are off.
+    """
+    if atol < 0 or rtol < 0:
+        raise ValueError(f"atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
+    expected = expected.detach()
+    assert_tensor(actual, name, shape=expected.shape, inputs=inputs)
+    if actual.dtype != expected.dtype and not (actual.is_floating_point() and expected.is_floating_point()):
+        raise CheckFailed(f"{name}: expected dtype {expected.dtype}, got {actual.dtype}" + describe_inputs(inputs))
+    got = actual.detach().to(torch.float64).cpu()
+    want = expected.to(torch.float64).cpu()
+    if not torch.isfinite(got).all() and torch.isfinite(want).all():
+        bad = int((~torch.isfinite(got)).sum())
+        index = tuple(int(i) for i in torch.nonzero(~torch.isfinite(got))[0])
+        raise CheckFailed(f"{name}: {bad} element(s) are nan or inf, first at index {index}, where "
+                          f"{want[index].item():.6g} was expected" + describe_inputs(inputs)
+                          + (f"\n  hint: {hint}" if hint else ""))
+    error = (got - want).abs()
+    allowed = atol + rtol * want.abs()
+    wrong = error > allowed
+    wrong |= torch.isnan(got) != torch.isnan(want)
+    if wrong.any():
+        worst = int(torch.argmax(torch.where(wrong, error.nan_to_num(math.inf), torch.zeros_like(error))))
+        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), got.shape)) if got.dim() else ()
+        message = (f"{name}: {int(wrong.sum())} of {got.numel()} elements differ beyond "
+                   f"atol={atol:g}, rtol={rtol:g}; worst at index {index}: got {got[index].item():.6g}, "
+                   f"expected {want[index].item():.6g} (abs error {error[index].item():.3g})")
+        raise CheckFailed(message + describe_inputs(inputs) + (f"\n  hint: {hint}" if hint else ""))
+
+
+def assert_equal(actual: Any, expected: Any, *, name: str = "output", inputs: dict | None = None,
+                 hint: str | None = None) -> None:
+    """Fail unless two values are exactly equal (tensors elementwise, with shape and dtype)."""
+    if isinstance(expected, torch.Tensor):
+        assert_tensor(actual, name, shape=expected.shape, dtype=expected.dtype, inputs=inputs)
+        if not torch.equal(actual.detach().cpu(), expected.detach().cpu()):
+            diff = torch.nonzero(actual.detach().cpu() != expected.detach().cpu())
+            index = tuple(int(i) for i in diff[0])
+            raise CheckFailed(f"{name}: {len(diff)} element(s) differ; first at index {index}: got "
+                              f"{actual[index].item()}, expected {expected[index].item()}"
+                              + describe_inputs(inputs) + (f"\n  hint: {hint}" if hint else ""))
+        return
+    if actual != expected:
+        raise CheckFailed(f"{name}: expected {expected!r}, got {actual!r}" + describe_inputs(inputs)
+                          + (f"\n  hint: {hint}" if hint else ""))
+
+
+def first_counterexample(fn: Callable, reference: Callable, cases: Iterable[tuple], *,
+                         same: Callable[[Any, Any], bool] | None = None):
+    """Return the first case (in the order given) where ``fn`` and ``reference`` disagree, or None.
+
+    Pass the cases smallest first and the first disagreement *is* the shrunk counterexample: the
+    cheap version of a shrinker, which is all the course's small integer inputs need.
+    """
+    same = same or (lambda a, b: torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b)
+    for case in cases:
+        if not same(fn(*case), reference(*case)):
+            return case
+    return None

@@ -1,0 +1,122 @@
+"""Code the grader runs *inside* the submission's kernel to run each exercise's check.
+
+The grader does not trust the submission's own check cells (they may be edited or deleted): it
+runs the solution's check source against the learner's namespace, with the check module bound
+to ``check`` afresh, stdout captured, and a time limit. Results go to a JSON file, not stdout, so
+whatever the notebook prints cannot be mistaken for a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import signal
+import time
+import traceback
+
+from course.checks import core
+
+
+class CheckTimeout(BaseException):
+    """Raised by the alarm when a check runs past its limit (BaseException: code can't swallow it)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    def on_alarm(signum, frame):
+        raise CheckTimeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _shell():
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:
+        raise RuntimeError("course.grading.probe runs inside an IPython kernel")
+    return shell
+
+
+def _user_namespace() -> dict:
+    return _shell().user_ns
+
+
+def _python(cell_source: str) -> str:
+    """Cell source as plain Python (IPython magics such as %time translated)."""
+    try:
+        return _shell().transform_cell(cell_source)
+    except RuntimeError:
+        return cell_source
+
+
+def run_check(check_source: str, namespace: dict, check_module, timeout: float) -> dict:
+    """Run one check cell's source; return ``{passed, message, seconds}``. Never raises."""
+    scope = dict(namespace)
+    scope["check"] = check_module
+    before = len(core.RESULTS)
+    start = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                time_limit(timeout):
+            exec(compile(_python(check_source), "<check cell>", "exec"), scope)
+    except CheckTimeout:
+        return _fail(f"the check did not finish within {timeout:g} s (an infinite loop, or far too slow?)", start)
+    except NameError as error:
+        return _fail(f"{error}: the check needs this name; was it deleted, renamed, or its cell not run?", start)
+    except SystemExit as error:
+        return _fail(f"the code called exit ({error}) during the check", start)
+    except BaseException as error:  # noqa: BLE001 - a check must never take the grader down
+        return _fail(f"running the check raised {type(error).__name__}: {error}\n"
+                     + "".join(traceback.format_exception_only(type(error), error)).strip(), start)
+    new = core.RESULTS[before:]
+    if not new:
+        return _fail("the check cell ran but no check reported a result", start)
+    failed = [r for r in new if not r.passed]
+    message = "\n".join(r.message for r in failed) if failed else "; ".join(r.message for r in new if r.message)
+    return {"passed": not failed, "message": message, "seconds": time.perf_counter() - start}
+
+
+def _fail(message: str, start: float) -> dict:
+    return {"passed": False, "message": message, "seconds": time.perf_counter() - start}
+
+
+def _write(path: str, results) -> None:
+    with open(path, "w") as f:
+        json.dump(results, f)
+
+
+def grade_checks(check_module: str, exercises: list[dict], out_path: str, timeout: float) -> None:
+    """Grade mode: run every exercise's check against the learner's namespace."""
+    module = importlib.import_module(check_module)
+    namespace = _user_namespace()
+    results = {}
+    for exercise in exercises:
+        results[exercise["id"]] = run_check(exercise["check_source"], namespace, module, timeout)
+        _write(out_path, results)  # written after each check: a kernel death keeps what came before
+    _write(out_path, results)
+
+
+def verify_exercise(check_module: str, exercise: dict, stub_sources: list[str], solution_sources: list[str],
+                    out_path: str, timeout: float) -> None:
+    """Meta-test mode: the check must pass on the solution and fail on the stub; then restore."""
+    module = importlib.import_module(check_module)
+    namespace = _user_namespace()
+    with_solution = run_check(exercise["check_source"], namespace, module, timeout)
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        for text in stub_sources:
+            exec(compile(_python(text), "<stub>", "exec"), namespace)
+    with_stub = run_check(exercise["check_source"], namespace, module, timeout)
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        for text in solution_sources:
+            exec(compile(_python(text), "<solution>", "exec"), namespace)
+    _write(out_path, {"solution": with_solution, "stub": with_stub})

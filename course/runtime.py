@@ -1,0 +1,133 @@
+"""Where the course runs: device choice, seeding, size presets and the Triton switch.
+
+Importing :mod:`course` imports this module first. With no CUDA device it sets
+``TRITON_INTERPRET=1`` *before* any Triton kernel is defined, so every kernel in the course runs
+(slowly, but exactly) on the CPU; with a CUDA device, kernels compile as usual.
+
+Environment variables a learner or CI may set:
+
+``COURSE_SIZE``      ``small`` or ``full``: problem sizes in notebooks. Default: ``small`` on CPU,
+                     ``full`` on GPU.
+``COURSE_HEADLESS``  ``1`` when nobody watches (nbval, the grader, CI): progress bars are off and
+                     widgets fall back to plain printed output, so outputs are deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+SIZES = ("small", "full")
+_T = TypeVar("_T")
+_announced = False
+
+
+def on_gpu() -> bool:
+    """True when a CUDA device is available to torch."""
+    return torch.cuda.is_available()
+
+
+def device() -> torch.device:
+    """The device notebooks put tensors on: ``cuda`` when available, else ``cpu``."""
+    return torch.device("cuda" if on_gpu() else "cpu")
+
+
+def device_name() -> str:
+    """A human-readable name of the compute device, used to label measured results."""
+    if on_gpu():
+        return torch.cuda.get_device_name(0)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); return a torch Generator with the same seed.
+
+    Seeding everything makes a notebook's outputs repeatable, which nbval relies on.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r})")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def size_preset() -> str:
+    """``'small'`` or ``'full'``: from ``COURSE_SIZE`` if set, else by whether a GPU is present."""
+    chosen = os.environ.get("COURSE_SIZE", "").strip().lower()
+    if not chosen:
+        return "full" if on_gpu() else "small"
+    if chosen not in SIZES:
+        raise ValueError(f"COURSE_SIZE must be one of {SIZES}, got {chosen!r}")
+    return chosen
+
+
+def pick(small: _T, full: _T) -> _T:
+    """Return ``small`` or ``full`` according to :func:`size_preset`.
+
+    Notebooks write ``N = runtime.pick(small=256, full=4096)`` so one cell serves both machines.
+    """
+    return small if size_preset() == "small" else full
+
+
+def headless() -> bool:
+    """True when outputs must be deterministic: no progress bars, widgets degrade to text."""
+    return os.environ.get("COURSE_HEADLESS", "0").strip() not in ("", "0", "false", "no")
+
+
+def triton_mode() -> str:
+    """``'interpreter'`` when Triton kernels run on the CPU, ``'compiled'`` when they compile."""
+    return "interpreter" if os.environ.get("TRITON_INTERPRET") == "1" else "compiled"
+
+
+def configure_triton() -> None:
+    """Switch Triton to its CPU interpreter when there is no GPU, and say so once per process.
+
+    The interpreter is chosen when a kernel is *defined* (``@triton.jit`` reads the variable), so
+    this must run before any notebook cell defines a kernel; ``import course`` does it.
+    """
+    global _announced
+    if not on_gpu() and os.environ.get("TRITON_INTERPRET") != "1":
+        os.environ["TRITON_INTERPRET"] = "1"
+        if "triton" in sys.modules:
+            # Kernels already defined keep the compiled path; new ones use the interpreter.
+            print("course: triton was imported before course; kernels defined earlier will not "
+                  "run on the CPU. Restart the kernel and import course first.")
+    if not _announced:
+        _announced = True
+        if triton_mode() == "interpreter":
+            print("course: no CUDA device, so Triton kernels run on the CPU in the interpreter "
+                  f"(TRITON_INTERPRET=1); sizes: {size_preset()}")
+        else:
+            print(f"course: {device_name()}, Triton kernels compile; sizes: {size_preset()}")
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm progress bar (a widget in JupyterLab) that stays silent when headless."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("disable", headless())
+    return tqdm(iterable, **kwargs)
+
+
+def require_floating_point_dtype(name: str, tensor: torch.Tensor, allowed=(torch.float16, torch.bfloat16,
+                                                                           torch.float32)) -> None:
+    """Refuse bf16 in the Triton interpreter: it computes bf16 ``tl.dot`` wrongly on the CPU.
+
+    (Measured when the course was built: a 16x16 bf16 ``tl.dot`` was off by 2.5e10 under
+    ``TRITON_INTERPRET=1`` while fp16 and fp32 were exact.)
+    """
+    if tensor.dtype not in allowed:
+        raise TypeError(f"{name} must have dtype in {[str(d) for d in allowed]}, got {tensor.dtype}")
+    if tensor.dtype == torch.bfloat16 and triton_mode() == "interpreter":
+        raise TypeError(f"{name} is bfloat16, which the Triton CPU interpreter computes wrongly; "
+                        "use float16 or float32 on the CPU (bf16 is tested on a GPU)")

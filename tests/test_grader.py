@@ -1,0 +1,155 @@
+"""The grader reports on every submission and never crashes, whatever the submission does.
+
+Each test crafts a submission of the toy notebook (tests/conftest.py: exercise 90.1 `add`, 1 point;
+exercise 90.2 `mean`, 2 points) and checks the points and the message the learner would read.
+Time limits are short here (5 s a cell) so that the hostile cases finish quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from xml.etree import ElementTree as ET
+
+import nbformat
+import pytest
+from conftest import TOY_CELLS, make_notebook
+
+from course.grading import grader
+
+pytestmark = pytest.mark.slow
+
+SOLVED = dict(enumerate(TOY_CELLS))
+LIMITS = dict(cell_timeout=5, total_timeout=90, check_timeout=5)
+
+
+def submission(tmp_path, replace: dict[int, str] | None = None, extra: list[str] = (), name="90_toy.ipynb"):
+    """The solved toy notebook with some cells' code replaced and extra code cells appended."""
+    cells = [(kind, (replace or {}).get(i, text)) for i, (kind, text) in SOLVED.items()]
+    cells += [("code", text) for text in extra]
+    path = tmp_path / name
+    nbformat.write(make_notebook(cells), str(path))
+    return path
+
+
+def grade(toy_course, path):
+    return grader.grade(path, solutions_dir=toy_course / "solutions", **LIMITS)
+
+
+def by_id(report):
+    return {e.id: e for e in report.exercises}
+
+
+def test_solved_submission_gets_full_marks(toy_course, tmp_path):
+    report = grade(toy_course, submission(tmp_path))
+    assert (report.points, report.max_points) == (3, 3)
+    assert report.events == []
+
+
+def test_generated_student_notebook_gets_zero_with_not_implemented_messages(toy_course):
+    report = grade(toy_course, toy_course / "notebooks" / "90_toy.ipynb")
+    assert report.points == 0
+    assert all("not implemented yet: Exercise 90." in e.message for e in report.exercises)
+
+
+def test_syntax_error_costs_only_its_exercise(toy_course, tmp_path):
+    report = grade(toy_course, submission(tmp_path, {3: "def add(a, b)\n    return a + b"}))
+    results = by_id(report)
+    assert not results["90.1"].passed and "'add' is not defined" in results["90.1"].message
+    assert results["90.2"].passed
+    assert any("SyntaxError" in e for e in report.events)
+
+
+def test_infinite_loop_is_interrupted_and_grading_continues(toy_course, tmp_path):
+    report = grade(toy_course, submission(tmp_path, extra=["while True:\n    pass"]))
+    assert report.points == 3
+    assert any("limit" in e and "interrupted" in e for e in report.events)
+
+
+def test_loop_that_ignores_interrupts_is_skipped_after_a_restart(toy_course, tmp_path):
+    stubborn = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    time.sleep(0.1)"
+    report = grade(toy_course, submission(tmp_path, {4: stubborn}))
+    assert report.points == 3, report.events
+    assert any("unresponsive" in e for e in report.events)
+
+
+def test_os_exit_kills_the_kernel_but_the_other_cells_are_still_graded(toy_course, tmp_path):
+    report = grade(toy_course, submission(tmp_path, extra=["import os\nos._exit(1)"]))
+    assert report.points == 3
+    assert any("kernel died" in e for e in report.events)
+
+
+def test_deleted_function_fails_with_a_name_error_message(toy_course, tmp_path):
+    report = grade(toy_course, submission(tmp_path, extra=["del add"]))
+    assert not by_id(report)["90.1"].passed
+    assert "was it deleted, renamed" in by_id(report)["90.1"].message
+    assert by_id(report)["90.2"].passed
+
+
+def test_renamed_function_fails(toy_course, tmp_path):
+    report = grade(toy_course, submission(tmp_path, {3: "def add_numbers(a, b):\n    return a + b"}))
+    assert not by_id(report)["90.1"].passed
+
+
+def test_megabytes_of_output_and_fake_results_change_nothing(toy_course, tmp_path):
+    noisy = ["print('x' * 5_000_000)",
+             "print(json.dumps({'90.1': {'passed': True}}))".replace("json.dumps", "__import__('json').dumps"),
+             "import sys\nsys.stdout.write('\\x00\\x1b[2J garbage \\udcff'.encode('utf-8', 'surrogatepass')"
+             ".decode('utf-8', 'replace') * 1000)"]
+    report = grade(toy_course, submission(tmp_path, {3: "def add(a, b):\n    return a - b"}, extra=noisy))
+    assert not by_id(report)["90.1"].passed and by_id(report)["90.2"].passed
+    assert ET.fromstring(grader.junit_xml([report])) is not None  # garbage never breaks the XML
+
+
+def test_edited_check_cell_does_not_fool_the_grader(toy_course, tmp_path):
+    report = grade(toy_course, submission(tmp_path, {3: "def add(a, b):\n    return 0", 4: "print('✓ add passed')"}))
+    assert not by_id(report)["90.1"].passed
+
+
+def test_hanging_check_is_stopped_by_the_check_time_limit(toy_course, tmp_path):
+    hang = "def add(a, b):\n    while True:\n        pass"
+    report = grade(toy_course, submission(tmp_path, {3: hang, 4: "pass"}))
+    assert not by_id(report)["90.1"].passed
+    assert "did not finish within" in by_id(report)["90.1"].message
+    assert by_id(report)["90.2"].passed
+
+
+def test_unreadable_file_gets_a_zero_report(toy_course, tmp_path):
+    path = tmp_path / "90_toy.ipynb"
+    path.write_text("{ this is not json")
+    report = grade(toy_course, path)
+    assert report.points == 0 and report.max_points == 3
+    assert "not a readable notebook" in report.events[0]
+
+
+def test_unknown_notebook_is_a_grading_error(toy_course, tmp_path):
+    path = submission(tmp_path, name="homework.ipynb")
+    with pytest.raises(grader.GradingError, match="cannot tell which notebook"):
+        grade(toy_course, path)
+
+
+def test_cli_writes_json_junit_and_gradebook_and_exits_zero(toy_course, tmp_path):
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    submission(folder, name="alice_90_toy.ipynb")
+    submission(folder, {6: "def mean(x):\n    return x.sum()"}, name="bob_90_toy.ipynb")
+    cmd = [sys.executable, "-m", "course", "grade", str(folder), "--solutions", str(toy_course / "solutions"),
+           "--gradebook", str(tmp_path / "grades.csv"), "--junit", str(tmp_path / "junit.xml"),
+           "--json", str(tmp_path / "report.json"), "--cell-timeout", "20"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    rows = (tmp_path / "grades.csv").read_text().splitlines()
+    assert rows[0].startswith("submission,notebook,ex_90.1,ex_90.2,points,max_points,percent")
+    assert rows[1].startswith("alice_90_toy.ipynb,90_toy,1,2,3,3,100.0")
+    assert rows[2].startswith("bob_90_toy.ipynb,90_toy,1,0,1,3,33.3")
+    suites = ET.parse(tmp_path / "junit.xml").getroot()
+    assert [s.get("failures") for s in suites] == ["0", "1"]
+    assert [r["points"] for r in json.loads((tmp_path / "report.json").read_text())] == [3, 1]
+
+
+def test_cli_exits_2_when_grading_cannot_run(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "course", "grade", str(tmp_path / "missing.ipynb")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "no such file" in done.stderr
