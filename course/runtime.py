@@ -10,6 +10,9 @@ Environment variables a learner or CI may set:
                      ``full`` on GPU.
 ``COURSE_HEADLESS``  ``1`` when nobody watches (nbval, the grader, CI): progress bars are off and
                      widgets fall back to plain printed output, so outputs are deterministic.
+``COURSE_THREADS``   CPU threads torch uses when headless (default 2). Float sums depend on how
+                     work is split between threads, so stored outputs are only reproducible with
+                     the thread count they were recorded with.
 """
 
 from __future__ import annotations
@@ -102,6 +105,8 @@ def configure_triton() -> None:
             # Kernels already defined keep the compiled path; new ones use the interpreter.
             print("course: triton was imported before course; kernels defined earlier will not "
                   "run on the CPU. Restart the kernel and import course first.")
+    if headless() and not on_gpu():
+        torch.set_num_threads(int(os.environ.get("COURSE_THREADS", "2")))
     if not _announced:
         _announced = True
         if triton_mode() == "interpreter":

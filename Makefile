@@ -1,0 +1,42 @@
+# Papers to kernels: two commands do all the set-up.
+#   make lab    create .venv, install, register the kernel, start JupyterLab on the course
+#   make test   the same set-up, then the whole suite (what .ci/run calls)
+PY        ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+LAB_ARGS  ?=
+# -n 2: two workers, one notebook each at a time (--dist loadfile keeps a notebook's cells together)
+TEST_ARGS ?= -n 2 --dist loadfile
+NBVAL     := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 300
+
+.PHONY: setup lab test test-fast notebooks grade clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (course)" >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lab: setup
+	@echo "JupyterLab on the course: open notebooks/ (the URL with its token is printed below)"
+	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks $(LAB_ARGS)
+
+test: setup
+	$(BIN)/python -m pytest tests solutions $(NBVAL) $(TEST_ARGS)
+
+test-fast: setup  ## unit tests only, no notebook execution
+	$(BIN)/python -m pytest tests -m "not slow" $(TEST_ARGS)
+
+notebooks: setup
+	$(BIN)/python -m course build
+
+grade: setup  ## make grade SUB=path/to/submission.ipynb (or a folder)
+	mkdir -p grades
+	$(BIN)/python -m course grade $(SUB) --junit grades/junit.xml --gradebook grades/gradebook.csv
+
+clean:
+	rm -rf $(VENV) .pytest_cache grades
