@@ -112,17 +112,32 @@ def _execute(args) -> int:
         path = Path(name)
         nb = nbformat.read(str(path), as_version=4)
         start = time.perf_counter()
-        client = NotebookClient(nb, kernel_name="python3", timeout=args.cell_timeout, record_timing=False,
+        client = NotebookClient(nb, kernel_name="python3", timeout=args.cell_timeout, record_timing=True,
                                 resources={"metadata": {"path": str(path.parent)}})
-        with client.setup_kernel(env=kernel_env(), cwd=str(path.parent)):
-            client.execute()
+        client.execute(env=kernel_env(plots=True), cwd=str(path.parent))  # starts and stops its own kernel
         seconds = time.perf_counter() - start
+        print(f"{path}: executed in {seconds:.1f} s; slowest cells:")
+        for index, cell_seconds in sorted(_cell_seconds(nb).items(), key=lambda kv: -kv[1])[:5]:
+            print(f"  cell {index:3d}: {cell_seconds:6.1f} s")
         for cell in nb.cells:
             cell.metadata.pop("execution", None)
         nb.metadata.pop("widgets", None)
         write_deterministic(nb, path)
-        print(f"{path}: executed in {seconds:.1f} s")
     return 0
+
+
+def _cell_seconds(nb) -> dict[int, float]:
+    """Wall time of each executed cell, from the timestamps nbclient records."""
+    from datetime import datetime
+
+    times = {}
+    for index, cell in enumerate(nb.cells):
+        stamps = cell.get("metadata", {}).get("execution", {})
+        if "iopub.execute_input" in stamps and "shell.execute_reply" in stamps:
+            begin = datetime.fromisoformat(stamps["iopub.execute_input"].replace("Z", "+00:00"))
+            end = datetime.fromisoformat(stamps["shell.execute_reply"].replace("Z", "+00:00"))
+            times[index] = (end - begin).total_seconds()
+    return times
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,10 +29,18 @@ class Outcome:
     error: str = ""
 
 
-def kernel_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The kernel's environment: deterministic outputs, no GUI backend, this interpreter's path."""
+def kernel_env(extra: dict[str, str] | None = None, *, plots: bool = False) -> dict[str, str]:
+    """The kernel's environment: deterministic outputs and this interpreter's path.
+
+    ``plots=False`` (grading) renders no figures, which is faster; recording a solution keeps
+    Jupyter's inline backend so the stored notebook shows its plots, as nbval's kernel does.
+    """
     env = dict(os.environ)
-    env.update({"COURSE_HEADLESS": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"})
+    env.update({"COURSE_HEADLESS": "1", "PYTHONUNBUFFERED": "1"})
+    if plots:
+        env.pop("MPLBACKEND", None)
+    else:
+        env["MPLBACKEND"] = "Agg"
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env.update(extra or {})
     return env
