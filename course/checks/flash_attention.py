@@ -1,0 +1,379 @@
+"""Checks for notebook 02 (FlashAttention): imported there as ``check``.
+
+Every check compares the learner's code with the standard algorithm computed in float64 on the
+same inputs (``course.flash_attention.naive_attention``), smallest case first. Triton kernels are
+launched through ``course.flash_attention``'s launchers, which validate the inputs and set the grid,
+so a check exercises exactly the kernel body the learner wrote.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from .. import flash_attention as fa
+from .. import runtime
+from .core import CheckFailed, assert_close, assert_equal, assert_tensor, check, require
+
+# --- references (float64, straight from the definitions) -----------------------------------------
+
+
+def reference_hbm_accesses(n: int, d: int, m: int) -> tuple[int, int]:
+    """The IO model of the notebook, in elements: (standard attention, tiled attention)."""
+    standard = 4 * n * d + 4 * n * n
+    block = m // (4 * d)
+    blocks = -(-n // block)
+    tiled = 2 * n * d + 2 * n * d * blocks + n
+    return standard, tiled
+
+
+def reference_forward(q, k, v, causal=False):
+    """(o, lse) of softmax(q k^T / sqrt(d)) v in float64; lse in natural log."""
+    q64, k64, v64 = (t.detach().to(torch.float64).cpu() for t in (q, k, v))
+    s = (q64 @ k64.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if causal:
+        s = s.masked_fill(~fa.causal_mask(q.shape[-2], k.shape[-2]), float("-inf"))
+    return torch.softmax(s, -1) @ v64, torch.logsumexp(s, -1)
+
+
+def reference_grads(q, k, v, do, causal=False):
+    """(dq, dk, dv) of the float64 standard algorithm for output gradient ``do``."""
+    q64, k64, v64 = (t.detach().to(torch.float64).cpu().requires_grad_() for t in (q, k, v))
+    fa.naive_attention(q64, k64, v64, causal).backward(do.detach().to(torch.float64).cpu())
+    return q64.grad, k64.grad, v64.grad
+
+
+def _randn(*shape, dtype=torch.float32, scale=1.0, seed=0, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(device, dtype)
+
+
+def _qkv(b, h, n_q, n_k, d, dtype=torch.float32, seed=0, scale=1.0, device="cpu"):
+    """Seeded q, k, v (the same values on every device); Triton checks pass runtime.device()."""
+    return (_randn(b, h, n_q, d, dtype=dtype, scale=scale, seed=seed, device=device),
+            _randn(b, h, n_k, d, dtype=dtype, scale=scale, seed=seed + 1, device=device),
+            _randn(b, h, n_k, d, dtype=dtype, seed=seed + 2, device=device))
+
+
+def _not_implemented_inside(error: BaseException) -> str | None:
+    """A stub ``raise NotImplementedError`` inside a Triton kernel reaches us wrapped (an
+    InterpreterError on the CPU, a CompilationError on a GPU): find the exercise label in it."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, NotImplementedError):
+            return str(seen)
+        match = re.search(r"NotImplementedError\(\s*['\"](Exercise [^'\"]+)['\"]", str(seen))
+        if match:
+            return match.group(1)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _run_kernel(launch, *args, **kwargs):
+    try:
+        return launch(*args, **kwargs)
+    except CheckFailed:
+        raise
+    except Exception as error:  # noqa: BLE001 - turn a stub into "not implemented yet"
+        label = _not_implemented_inside(error)
+        if label:
+            raise NotImplementedError(label) from None
+        raise
+
+
+def _case(**kw) -> str:
+    return ", ".join(f"{k}={v}" for k, v in kw.items())
+
+
+# fp32 tolerance: under the CPU interpreter tl.dot is an exact fp32 matmul, so only fp32 summation
+# order differs from the float64 reference (~1e-6 on O(1) values). Compiled on a GPU, fp32 tl.dot
+# uses TF32 (10-bit mantissa, ~5e-4 relative per product), so allow ~1e-2 there.
+def _fp32_tol() -> float:
+    return 1e-5 if runtime.triton_mode() == "interpreter" else 1e-2
+
+
+# fp16: inputs are exact in the reference, but P is rounded to fp16 (2^-11 relative) before P V
+# and O is stored in fp16, so outputs of size ~1 are off by up to a few 1e-4; 3e-3 leaves room
+# without hiding a real bug (a missed rescale or mask is off by 1e-1 or more).
+FP16_TOL = 3e-3
+# bf16 keeps 8 mantissa bits (2^-8 = 4e-3 relative): the same reasoning gives ~8x the fp16 tolerance.
+BF16_TOL = 3e-2
+
+
+# --- Exercise 2.1: the IO model -------------------------------------------------------------------
+
+
+@check
+def hbm_accesses(fn):
+    """``fn(n, d, m)`` returns (standard, tiled) HBM element accesses of the notebook's IO model."""
+    require(callable(fn), f"pass your function, got {type(fn).__name__}")
+    cases = [(1, 1, 4), (4, 2, 8), (5, 2, 8), (16, 4, 64), (100, 16, 640), (1000, 64, 4 * 64 * 7 + 5),
+             (4096, 64, 100_000), (16384, 128, 100_000)]
+    for n, d, m in cases:
+        got = fn(n, d, m)
+        require(isinstance(got, tuple) and len(got) == 2,
+                f"hbm_accesses({n}, {d}, {m}) should return a tuple (standard, tiled), got {got!r}")
+        standard, tiled = reference_hbm_accesses(n, d, m)
+        require(all(isinstance(x, int) and not isinstance(x, bool) for x in got),
+                f"hbm_accesses({n}, {d}, {m}) should return two ints (counts of elements), got {got!r}; "
+                "hint: use // and a ceiling division -(-n // b), not /")
+        assert_equal(got[0], standard, name=f"standard count for N={n}, d={d}",
+                     hint="Q,K read (2Nd), S written, read (2N^2), P written, read (2N^2), V read and O "
+                          "written (2Nd)")
+        block = m // (4 * d)
+        assert_equal(got[1], tiled, name=f"tiled count for N={n}, d={d}, M={m} (B={block} rows)",
+                     hint="B = M // (4d) rows, T = ceil(N / B) query blocks; Q read once, K and V read "
+                          "once per query block, O written once, and the N log-sum-exp values written")
+    return f"{len(cases)} (N, d, M) triples, N up to 16384"
+
+
+# --- Exercise 2.2: online softmax ---------------------------------------------------------------------
+
+
+@check
+def online_softmax(fn):
+    """``fn(x, block_size)`` is softmax over the last dim, from block-wise running max and sum."""
+    require(callable(fn), f"pass your function, got {type(fn).__name__}")
+    rising = torch.arange(12, dtype=torch.float32)  # the max changes in every block
+    masked = _randn(3, 10, seed=3)
+    masked[:, 7:] = float("-inf")  # masked keys after the first block
+    masked[1, 4] = float("-inf")
+    cases = [
+        ("one block", _randn(5, seed=1), 8),
+        ("block of 1", _randn(5, seed=2), 1),
+        ("max rises block after block", rising, 4),
+        ("max rises, ragged last block", rising.flip(0).roll(5), 5),
+        ("2-D, ragged", _randn(3, 10, seed=4), 3),
+        ("3-D", _randn(2, 3, 17, seed=5), 4),
+        ("-inf (masked) entries", masked, 3),
+        ("logits around 1e4", _randn(4, 33, seed=6, scale=1e4), 8),
+        ("logits around -1e4", _randn(4, 33, seed=7, scale=1e2) - 1e4, 8),
+    ]
+    for name, x, block in cases:
+        want = torch.softmax(x.to(torch.float64), -1)
+        got = fn(x.clone(), block)
+        assert_tensor(got, f"online_softmax ({name})", shape=x.shape, inputs={"x": x})
+        # fp32 in, fp32 out: each probability is exp(x - m) / l with a handful of fp32 roundings,
+        # so 1e-6 absolute (probabilities are <= 1) is generous yet far below any real bug.
+        assert_close(got, want, atol=1e-6, rtol=1e-5, name=f"online_softmax ({name}, block_size={block})",
+                     inputs={"x": x}, hint="when the running max grows from m to m', scale the running sum by "
+                     "exp(m - m'); subtract the max before exp (1e4 overflows exp)")
+    return f"{len(cases)} cases: ragged blocks, rising maxima, -inf entries, logits of 1e4"
+
+
+# --- Exercise 2.3: tiled forward in PyTorch ----------------------------------------------------------
+
+
+@check
+def tiled_attention(fn):
+    """``fn(q, k, v, causal, block_m, block_n)`` returns (o, lse) equal to standard attention."""
+    require(callable(fn), f"pass your function, got {type(fn).__name__}")
+    cases = [  # (b, h, n_q, n_k, d, causal, block_m, block_n, dtype, logit scale)
+        (1, 1, 4, 4, 2, False, 4, 4, torch.float64, 1.0),
+        (1, 1, 20, 20, 8, False, 8, 8, torch.float64, 1.0),
+        (1, 1, 20, 20, 8, True, 8, 8, torch.float64, 1.0),
+        (1, 2, 13, 29, 16, False, 8, 16, torch.float32, 1.0),
+        (2, 1, 29, 13, 16, True, 16, 8, torch.float32, 1.0),
+        (1, 1, 37, 37, 32, True, 16, 16, torch.float32, 1.0),
+        (1, 1, 24, 24, 16, False, 8, 8, torch.float32, 30.0),  # scores of ~1e4
+    ]
+    for b, h, n_q, n_k, d, causal, bm, bn, dtype, scale in cases:
+        q, k, v = _qkv(b, h, n_q, n_k, d, dtype=dtype, scale=scale)
+        label = _case(shape=(b, h, n_q, n_k, d), causal=causal, block_m=bm, block_n=bn, dtype=str(dtype)[6:])
+        got = fn(q, k, v, causal=causal, block_m=bm, block_n=bn)
+        require(isinstance(got, tuple) and len(got) == 2, f"tiled_attention should return (o, lse), got {type(got)}")
+        o, lse = got
+        want_o, want_lse = reference_forward(q, k, v, causal)
+        # fp32: a few fp32 roundings per step on O(1) values; large logits (~1e4) make lse large,
+        # so lse gets a relative tolerance too. fp64 inputs: 1e-10.
+        tol = 1e-10 if dtype == torch.float64 else 2e-5
+        assert_close(o, want_o, atol=tol, rtol=tol, name=f"o ({label})", inputs={"q": q},
+                     hint="rescale the accumulator by exp(m_old - m_new) before adding P_ij V_j, and divide "
+                          "by the running sum only at the end" + ("; causal: key j is masked for query i "
+                                                                 "when j > i" if causal else ""))
+        assert_close(lse, want_lse, atol=tol, rtol=tol, name=f"lse ({label})",
+                     hint="lse = m + log(l) per query row (natural log)")
+    return f"{len(cases)} cases: ragged blocks, N_q != N_k, causal, scores of ~1e4"
+
+
+# --- Exercise 2.4: Triton forward kernel ------------------------------------------------------------
+
+
+@check
+def triton_forward(kernel):
+    """``kernel`` has the forward signature of ``course.flash_attention``; O and lse must match."""
+    require(hasattr(kernel, "__getitem__"), f"pass your @triton.jit kernel, got {type(kernel).__name__}")
+    cfg = fa.BlockConfig
+    f32, f16 = torch.float32, torch.float16
+    cases = [  # (b, h, n_q, n_k, d, causal, config, dtype)
+        (1, 1, 16, 16, 16, False, cfg(16, 16), f32),
+        (1, 1, 40, 40, 16, False, cfg(16, 16), f32),  # ragged: 40 = 2*16 + 8
+        (1, 1, 40, 40, 32, True, cfg(16, 16), f32),
+        (1, 2, 50, 77, 64, False, cfg(32, 32), f32),  # cross-attention, N_q != N_k
+        (2, 1, 77, 50, 64, True, cfg(32, 16), f32),
+        (1, 1, 33, 33, 128, True, cfg(16, 32), f32),  # BLOCK_N > BLOCK_M
+        (4, 4, 20, 20, 16, True, cfg(16, 16), f32),  # batch*heads = 16
+        (1, 2, 45, 45, 64, True, cfg(32, 32), f16),
+        (2, 1, 30, 61, 128, False, cfg(32, 32), f16),
+    ]
+    if runtime.triton_mode() == "compiled":  # the CPU interpreter computes bf16 tl.dot wrongly
+        cases.append((1, 2, 45, 61, 128, True, cfg(32, 32), torch.bfloat16))
+    device = runtime.device()
+    for b, h, n_q, n_k, d, causal, c, dtype in cases:
+        q, k, v = _qkv(b, h, n_q, n_k, d, dtype=dtype, device=device)
+        label = _case(shape=(b, h, n_q, n_k, d), causal=causal, BLOCK_M=c.block_m, BLOCK_N=c.block_n,
+                      dtype=str(dtype)[6:])
+        o, lse = _run_kernel(fa.launch_forward, kernel, q, k, v, causal=causal, config=c)
+        want_o, want_lse = reference_forward(q, k, v, causal)
+        tol = {f32: _fp32_tol(), f16: FP16_TOL}.get(dtype, BF16_TOL)
+        assert_close(o, want_o, atol=tol, rtol=tol, name=f"O ({label})",
+                     hint="mask keys >= N_K (ragged tail) with -inf before the row max; load with "
+                          "mask=..., other=0.0; causal: keep key j only when j <= query i")
+        assert_close(lse, want_lse, atol=tol, rtol=tol, name=f"L ({label})",
+                     hint="store L = m_i + log(l_i) (natural log) for rows < N_Q")
+    # Causal block skipping: with N_q = 32 and N_k = 96, the query block [0, 32) never needs keys
+    # >= 32. They hold NaN: a kernel that loads and masks them still multiplies 0 * NaN = NaN.
+    q, k, v = _qkv(1, 1, 32, 96, 32, device=device)
+    k[:, :, 32:], v[:, :, 32:] = float("nan"), float("nan")
+    o, lse = _run_kernel(fa.launch_forward, kernel, q, k, v, causal=True, config=cfg(32, 16))
+    want_o, _ = reference_forward(q[..., :32, :], k[..., :32, :], v[..., :32, :], True)
+    assert_close(o, want_o, atol=_fp32_tol(), rtol=_fp32_tol(), name="O with NaN in never-needed key blocks "
+                 "(causal, N_q=32, N_k=96)", hint="when CAUSAL, stop the key loop at min((start_m + 1) * "
+                 "BLOCK_M, N_K): later key blocks are fully masked and must not be read at all")
+    return f"{len(cases) + 1} cases: ragged N, N_q != N_k, d 16-128, batch*heads 1-16, fp32/fp16, causal skip"
+
+
+# --- Exercise 2.5: tiled backward in PyTorch ---------------------------------------------------------
+
+
+class _TiledWithBackward(torch.autograd.Function):
+    """Reference (o, lse) forward with the learner's backward, for gradcheck."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, backward, causal):
+        o, lse = reference_forward(q, k, v, causal)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.backward_fn, ctx.causal = backward, causal
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = ctx.backward_fn(q, k, v, o, lse, do, causal=ctx.causal, block_m=2, block_n=3)
+        return dq, dk, dv, None, None
+
+
+@check
+def tiled_backward(fn):
+    """``fn(q, k, v, o, lse, do, causal, block_m, block_n)`` returns (dq, dk, dv) of attention."""
+    require(callable(fn), f"pass your function, got {type(fn).__name__}")
+    cases = [  # (b, h, n_q, n_k, d, causal, block_m, block_n)
+        (1, 1, 4, 4, 2, False, 4, 4),
+        (1, 1, 10, 10, 4, False, 4, 4),
+        (1, 1, 10, 10, 4, True, 4, 4),
+        (1, 2, 13, 29, 8, False, 8, 16),
+        (2, 1, 29, 13, 8, True, 16, 8),
+        (1, 1, 37, 37, 16, True, 16, 16),
+    ]
+    for b, h, n_q, n_k, d, causal, bm, bn in cases:
+        q, k, v = _qkv(b, h, n_q, n_k, d, dtype=torch.float64)
+        do = _randn(b, h, n_q, d, dtype=torch.float64, seed=9)
+        o, lse = reference_forward(q, k, v, causal)
+        label = _case(shape=(b, h, n_q, n_k, d), causal=causal, block_m=bm, block_n=bn)
+        got = fn(q, k, v, o, lse, do, causal=causal, block_m=bm, block_n=bn)
+        require(isinstance(got, tuple) and len(got) == 3, f"tiled_backward should return (dq, dk, dv), got {type(got)}")
+        for name, g, want, hint in zip(
+                ("dq", "dk", "dv"), got, reference_grads(q, k, v, do, causal),
+                ("dQ_i += dS_ij K_j * scale, with dS = P * (dP - rowsum(dO * O))",
+                 "dK_j += dS_ij^T Q_i * scale: the softmax scale appears in dQ and dK",
+                 "dV_j += P_ij^T dO_i, with P_ij = exp(S_ij - lse_i)" + ("; zero P where j > i" if causal else ""))):
+            # float64 throughout: only summation order differs from autograd's, ~1e-15; 1e-9 is loose.
+            assert_close(g, want, atol=1e-9, rtol=1e-9, name=f"{name} ({label})", hint=hint)
+    q, k, v = (t.requires_grad_() for t in _qkv(2, 1, 5, 7, 3, dtype=torch.float64, seed=11))
+    for causal in (False, True):
+        try:
+            ok = torch.autograd.gradcheck(lambda q, k, v, c=causal: _TiledWithBackward.apply(q, k, v, fn, c), (q, k, v),
+                                          eps=1e-6, atol=1e-6, rtol=1e-4, raise_exception=False)
+        except CheckFailed:
+            raise
+        require(ok, f"torch.autograd.gradcheck (float64, causal={causal}) disagrees with finite differences")
+    return f"{len(cases)} cases against autograd, and gradcheck in float64 (causal and not)"
+
+
+# --- Exercise 2.6: Triton backward kernel -------------------------------------------------------------
+
+
+@check
+def triton_backward(kernel):
+    """``kernel`` has the signature of ``launch_atomic_backward``; dQ, dK, dV must match autograd."""
+    require(hasattr(kernel, "__getitem__"), f"pass your @triton.jit kernel, got {type(kernel).__name__}")
+    cfg = fa.BlockConfig
+    f32, f16 = torch.float32, torch.float16
+    cases = [  # (b, h, n_q, n_k, d, causal, config, dtype)
+        (1, 1, 16, 16, 16, False, cfg(16, 16), f32),
+        (1, 1, 40, 40, 16, False, cfg(16, 16), f32),
+        (1, 1, 40, 40, 32, True, cfg(16, 16), f32),
+        (1, 2, 50, 77, 64, True, cfg(32, 16), f32),
+        (2, 1, 77, 50, 64, False, cfg(16, 32), f32),
+        (1, 1, 33, 33, 128, True, cfg(32, 32), f32),
+        (4, 4, 20, 20, 16, True, cfg(16, 16), f32),
+        (1, 2, 45, 45, 64, True, cfg(32, 32), f16),
+    ]
+    if runtime.triton_mode() == "compiled":
+        cases.append((1, 2, 45, 61, 128, True, cfg(32, 32), torch.bfloat16))
+    device = runtime.device()
+    for b, h, n_q, n_k, d, causal, c, dtype in cases:
+        q, k, v = _qkv(b, h, n_q, n_k, d, dtype=dtype, device=device)
+        do = _randn(b, h, n_q, d, dtype=dtype, seed=9, device=device)
+        o, lse = reference_forward(q, k, v, causal)
+        label = _case(shape=(b, h, n_q, n_k, d), causal=causal, BLOCK_M=c.block_m, BLOCK_N=c.block_n,
+                      dtype=str(dtype)[6:])
+        got = _run_kernel(fa.launch_atomic_backward, kernel, q, k, v, o.to(device, dtype), lse.to(device, torch.float32),
+                          do, causal=causal, config=c)
+        want = reference_grads(q, k, v, do, causal)
+        # Gradients are sums over up to ~80 rows of O(1) terms: fp32 ~1e-6 relative each, so 1e-4
+        # (interpreter); fp16 rounds P and dS to 2^-11 before each matmul: 2e-2 on values of ~1-10.
+        tol = {f32: 1e2 * _fp32_tol(), f16: 2e-2}.get(dtype, 5 * BF16_TOL)
+        for name, g, w, hint in zip(("dQ", "dK", "dV"), got, want, (
+                "dQ_i += dS_ij K_j (times sm_scale), added to DQ with tl.atomic_add for rows < N_Q",
+                "dK_j += dS_ij^T Q_i times sm_scale, with dS = P * (dP - Delta)",
+                "dV_j += P_ij^T dO_i; P_ij = exp(S_ij * sm_scale - L_i)" + ("; zero P where j > i" if causal else ""))):
+            assert_close(g, w, atol=tol, rtol=tol, name=f"{name} ({label})", hint=hint)
+    return f"{len(cases)} cases: ragged N, N_q != N_k, d 16-128, batch*heads 1-16, fp32/fp16, causal"
+
+
+# --- Exercise 2.7: the autograd.Function ----------------------------------------------------------
+
+
+@check
+def autograd_function(function):
+    """``function.apply(q, k, v, causal)`` is differentiable attention that saves O(N d) memory."""
+    require(isinstance(function, type) and issubclass(function, torch.autograd.Function),
+            f"pass your torch.autograd.Function subclass, got {function!r}")
+    cases = [(1, 1, 16, 16, 16, False), (1, 2, 40, 40, 32, True), (2, 1, 50, 30, 16, True),
+             (1, 1, 64, 64, 16, False)]
+    device = runtime.device()
+    for b, h, n_q, n_k, d, causal in cases:
+        q, k, v = (t.requires_grad_() for t in _qkv(b, h, n_q, n_k, d, device=device))
+        do = _randn(b, h, n_q, d, seed=9, device=device)
+        label = _case(shape=(b, h, n_q, n_k, d), causal=causal)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, s=saved: s.append(t.numel()) or t, lambda t: t):
+            out = function.apply(q, k, v, causal)
+        assert_tensor(out, f"output ({label})", shape=q.shape, dtype=q.dtype)
+        want_o, _ = reference_forward(q, k, v, causal)
+        tol = _fp32_tol()
+        assert_close(out, want_o, atol=tol, rtol=tol, name=f"output ({label})")
+        largest_input = max(q.numel(), k.numel(), v.numel())
+        require(max(saved, default=0) <= largest_input,
+                f"the forward saved a tensor of {max(saved)} elements for backward ({label}); the inputs have "
+                f"at most {largest_input}. Save q, k, v, o and the lse (O(N d)), never S or P (O(N_q N_k)).")
+        require(out.grad_fn is not None, "the output has no grad_fn: return it from forward, don't detach it")
+        out.backward(do)
+        for name, t, w in zip(("dq", "dk", "dv"), (q, k, v), reference_grads(q, k, v, do, causal)):
+            require(t.grad is not None, f"{name} is None ({label}): backward must return (dq, dk, dv, None)")
+            assert_close(t.grad, w, atol=1e2 * tol, rtol=1e2 * tol, name=f"{name} ({label})",
+                         hint="backward returns one gradient per forward input: (dq, dk, dv, None for causal)")
+    return f"{len(cases)} cases: values, gradients, and nothing of size N_q x N_k saved for backward"
