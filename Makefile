@@ -6,6 +6,8 @@ VENV      := .venv
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
 LAB_ARGS  ?=
+# JupyterLab refuses to start as root unless told; CI containers and these machines run as root
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 # -n 2: two workers, one notebook each at a time (--dist loadfile keeps a notebook's cells together)
 TEST_ARGS ?= -n 2 --dist loadfile
 NBVAL     := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 300
@@ -23,7 +25,7 @@ setup: $(STAMP)
 
 lab: setup
 	@echo "JupyterLab on the course: open notebooks/ (the URL with its token is printed below)"
-	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks $(LAB_ARGS)
+	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks $(ROOT_ARGS) $(LAB_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest tests solutions $(NBVAL) $(TEST_ARGS)
