@@ -1,0 +1,35 @@
+"""Chat models for the agent notebooks: one interface, an HTTP backend, offline backends, tools.
+
+    from course import llm
+    model = llm.RuleModel(policy)            # offline: a rule-based policy, deterministic
+    model = llm.OpenAICompatible()           # a real model: reads COURSE_LLM_BASE_URL, COURSE_LLM_MODEL
+    reply = model.chat([llm.system("..."), llm.user("...")])
+    reply.content, reply.usage.total_tokens, model.ledger.summary()
+
+Modules: :mod:`~course.llm.chat` (messages, usage, budgets), :mod:`~course.llm.parsing` (JSON and
+tool calls with repair and retry), :mod:`~course.llm.http` (OpenAI-compatible servers),
+:mod:`~course.llm.offline` (scripted, rule-based, record and replay), :mod:`~course.llm.sandbox`
+(running model-written code), :mod:`~course.llm.embeddings` (MiniLM or hashing TF-IDF) and
+:mod:`~course.llm.policies` (the offline policies and task sets of notebooks 11-13).
+"""
+
+from .chat import (Budget, BudgetExceeded, ChatModel, Ledger, LLMError, Message, Reply, Usage, approx_tokens,
+                   as_messages, assistant, prompt_tokens, system, user)
+from .http import OpenAICompatible
+from .offline import Recorder, ReplayMismatch, ReplayModel, RuleModel, ScriptedModel, load_transcript
+from .parsing import MalformedReply, Parsed, ToolCall, chat_json, code_blocks, parse_json, parse_tool_call
+from .sandbox import ExecResult, run_python
+
+
+def get_embedder(kind: str = "auto", **kwargs):
+    """See :func:`course.llm.embeddings.get_embedder` (imported lazily)."""
+    from .embeddings import get_embedder as _get
+
+    return _get(kind, **kwargs)
+
+
+__all__ = ["Budget", "BudgetExceeded", "ChatModel", "Ledger", "LLMError", "Message", "Reply", "Usage",
+           "approx_tokens", "as_messages", "assistant", "prompt_tokens", "system", "user", "OpenAICompatible",
+           "Recorder", "ReplayMismatch", "ReplayModel", "RuleModel", "ScriptedModel", "load_transcript",
+           "MalformedReply", "Parsed", "ToolCall", "chat_json", "code_blocks", "parse_json", "parse_tool_call",
+           "ExecResult", "run_python", "get_embedder"]
