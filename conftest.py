@@ -23,23 +23,53 @@ os.environ.pop("MPLBACKEND", None)
 # --- record how long each solution takes under nbval, and enforce the budget ---------------------
 
 _notebook_seconds: dict[str, float] = defaultdict(float)
+_notebook_cpu: dict[str, float] = {}
+
+
+def _kernel_cpu_seconds(item) -> float | None:
+    """CPU time (user + system) the notebook's kernel process has used so far, from /proc."""
+    try:
+        pid = item.parent.kernel.km.provisioner.process.pid
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (AttributeError, OSError, ValueError, IndexError):
+        return None  # not an nbval item, not Linux, or the kernel is gone
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item):
+    # Measured where the cell runs (an xdist worker, perhaps) and carried to the controller in
+    # the test report's user_properties, which xdist serialises.
     start = time.perf_counter()
     yield
     if item.fspath and str(item.fspath).endswith(".ipynb"):
-        _notebook_seconds[Path(str(item.fspath)).name] += time.perf_counter() - start
+        item.user_properties.append(("notebook_seconds", time.perf_counter() - start))
+        cpu = _kernel_cpu_seconds(item)
+        if cpu is not None:
+            item.user_properties.append(("notebook_cpu", cpu))
+
+
+def pytest_runtest_logreport(report):
+    if report.when != "call" or not report.nodeid.split("::")[0].endswith(".ipynb"):
+        return
+    name = Path(report.nodeid.split("::")[0]).name
+    for key, value in report.user_properties:
+        if key == "notebook_seconds":
+            _notebook_seconds[name] += value
+        elif key == "notebook_cpu":
+            _notebook_cpu[name] = value  # cumulative for the kernel: the last cell's reading is the total
 
 
 def pytest_terminal_summary(terminalreporter):
     if not _notebook_seconds:
         return
-    terminalreporter.section(f"solution notebook run times under nbval (budget {NOTEBOOK_BUDGET_S:.0f} s each)")
+    terminalreporter.section(f"solution notebooks under nbval: wall and kernel CPU seconds (budget {NOTEBOOK_BUDGET_S:.0f} s)")
     for name, seconds in sorted(_notebook_seconds.items()):
+        cpu = f"{_notebook_cpu[name]:7.1f} s CPU" if name in _notebook_cpu else "    ? s CPU"
         flag = "  OVER BUDGET" if seconds > NOTEBOOK_BUDGET_S else ""
-        terminalreporter.write_line(f"{name:<40} {seconds:7.1f} s{flag}")
+        terminalreporter.write_line(f"{name:<40} {seconds:7.1f} s wall {cpu}{flag}")
+    terminalreporter.write_line(f"{'all solutions':<40} {sum(_notebook_seconds.values()):7.1f} s wall "
+                                f"{sum(_notebook_cpu.values()):7.1f} s CPU")
 
 
 def pytest_sessionfinish(session, exitstatus):

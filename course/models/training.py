@@ -47,14 +47,16 @@ def evaluate_loss(model: TinyGPT, tokens: torch.Tensor, *, batches: int = 8, bat
     return sum(losses) / len(losses)
 
 
-def train_tiny_lm(config: GPTConfig | None = None, *, steps: int = 600, batch_size: int = 32, lr: float = 3e-3,
+def train_tiny_lm(config: GPTConfig | None = None, *, steps: int = 350, batch_size: int = 32, lr: float = 3e-3,
                   warmup: int = 50, weight_decay: float = 0.1, seed: int = 0, eval_every: int = 100,
                   tokens: torch.Tensor | None = None, model: TinyGPT | None = None,
                   progress: bool = True) -> tuple[TinyGPT, TrainHistory]:
     """Train a TinyGPT (character level, on :func:`course.data.corpus` unless ``tokens`` is given).
 
     AdamW with warm-up and cosine decay and gradient clipping at 1.0. Returns the model (in eval
-    mode) and its loss history; validation loss is measured on the corpus' last 10%.
+    mode) and its loss history; validation loss is measured on the corpus' last 10%. The default
+    350 steps take about a minute on 2 CPU cores (0.17 s a step measured for the default config;
+    scripts/train_tinygpt.py ran 2000 steps in 345 s).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
