@@ -1,0 +1,134 @@
+"""Tests of course.checks.paro: strategy validation, groups, and every check on the notebook's
+solution (must pass) and on plausible wrong implementations (must fail)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course import dist
+from course.checks import core
+from course.checks import paro as check
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "solutions" / "08_paro.ipynb"
+
+PRELUDE = """
+import math
+import torch
+import torch.distributed as tdist
+from course import dist
+from course.checks import paro as check
+"""
+
+
+def define(source: str) -> dict:
+    namespace = {"__name__": "__main__"}
+    exec(compile(PRELUDE + source, "<cell>", "exec"), namespace)
+    return namespace
+
+
+def solution_source(name: str) -> str:
+    nb = nbformat.read(str(NOTEBOOK), as_version=4)
+    return next(c.source for c in nb.cells if c.cell_type == "code" and f"def {name}(" in c.source)
+
+
+@pytest.fixture(scope="module")
+def solution() -> dict:
+    nb = nbformat.read(str(NOTEBOOK), as_version=4)
+    cells = [c.source for c in nb.cells if c.cell_type == "code"
+             and ("### BEGIN SOLUTION" in c.source or "def ring_exchange(" in c.source)]
+    return define("\n\n".join(cells))
+
+
+def passed(check_fn, *args) -> bool:
+    check_fn(*args)
+    return core.RESULTS[-1].passed
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def test_there_are_ten_ordered_strategies_including_zero():
+    assert len(check.STRATEGIES) == 10
+    assert {"NNN", "NNG", "NGG", "GGG"} <= set(check.STRATEGIES)
+
+
+@pytest.mark.parametrize("bad", ["GNN", "NGI", "nng", "NN", 3, "NNX"])
+def test_validate_strategy_names_the_problem(bad):
+    with pytest.raises(ValueError, match="strategy"):
+        check.validate_strategy(bad)
+
+
+def test_make_groups_builds_two_tiers_on_ranks():
+    def groups():
+        intra_ranks, inter_ranks, _, _ = check.make_groups(2)
+        return intra_ranks, inter_ranks
+
+    out = dist.pool(check.WORLD).run(groups)
+    assert out.results == [([0, 1], [0, 2]), ([0, 1], [1, 3]), ([2, 3], [0, 2]), ([2, 3], [1, 3])]
+
+
+def test_zero_3_collectives_move_three_psi_across_a_flat_cluster():
+    # with one group (m = n) nothing is inter-group; GGG gathers twice and reduce-scatters once
+    ops = [op for tier, op, size in check._collectives("GGG", 1.0, 4)]
+    assert sorted(ops) == ["all_gather", "all_gather", "all_gather", "all_gather", "reduce_scatter",
+                           "reduce_scatter"]
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+def test_paro_memory(solution):
+    assert passed(check.paro_memory, solution["paro_memory"])
+    everything_global = define("def f(s, psi, n, m, param_bytes=2, grad_bytes=2, k=12):\n"
+                               "    check.validate_strategy(s)\n"
+                               "    share = {'N': 1, 'I': n, 'G': n}\n"
+                               "    return psi * (param_bytes / share[s[0]] + grad_bytes / share[s[1]] + k / share[s[2]])\n")
+    assert not passed(check.paro_memory, everything_global["f"])
+    no_validation = define(solution_source("paro_memory").replace("    check.validate_strategy(strategy)\n", ""))
+    assert not passed(check.paro_memory, no_validation["paro_memory"])
+
+
+def test_ring_collectives(solution):
+    assert passed(check.ring_collectives, solution["ring_reduce_scatter"], solution["ring_all_gather"])
+    # keeps its own chunk index instead of its position in the ring: wrong chunk on reordered rings
+    off_by_one = dict(solution)
+    exec(solution_source("ring_reduce_scatter").replace("return chunks[position]",
+                                                        "return chunks[(position + 1) % k]"), off_by_one)
+    assert not passed(check.ring_collectives, off_by_one["ring_reduce_scatter"], solution["ring_all_gather"])
+    # sends each chunk to the previous rank instead of the next: the ring turns the wrong way
+    backwards = dict(solution)
+    exec(solution_source("ring_reduce_scatter").replace("ring_exchange(chunks[(position - step - 1) % k], received, ring)",
+                                                        "ring_exchange(chunks[(position - step - 1) % k], received, "
+                                                        "ring[::-1])"), backwards)
+    assert not passed(check.ring_collectives, backwards["ring_reduce_scatter"], solution["ring_all_gather"])
+
+
+def test_hierarchical_all_reduce(solution):
+    assert passed(check.hierarchical_all_reduce, solution["hierarchical_all_reduce"])
+    flat = dict(solution)
+    exec("def flat(x, intra_ring, inter_ring):\n    ring = [0, 1, 2, 3]\n"
+         "    return ring_all_gather(ring_reduce_scatter(x, ring), ring)\n", flat)
+    assert not passed(check.hierarchical_all_reduce, flat["flat"])  # right sums, wrong tier split
+    assert "1/m" in core.RESULTS[-1].message
+
+
+def test_paro_collectives(solution):
+    assert passed(check.paro_collectives, solution["paro_collectives"])
+    gathered_once = define(solution_source("paro_collectives").replace('for _ in ("forward", "backward"):',
+                                                                      'for _ in ("forward",):'))
+    assert not passed(check.paro_collectives, gathered_once["paro_collectives"])
+    flat_all_reduce = define("def f(s, psi, m):\n    check.validate_strategy(s)\n"
+                             "    return [('inter', 'all_reduce', psi)]\n")
+    assert not passed(check.paro_collectives, flat_all_reduce["f"])
+
+
+def test_ring_time(solution):
+    assert passed(check.ring_time, solution["ring_time"])
+    no_latency = define(solution_source("ring_time").replace("(alpha + nbytes / k / beta)", "(nbytes / k / beta)"))
+    assert not passed(check.ring_time, no_latency["ring_time"])
+    whole_message_per_step = define(solution_source("ring_time").replace("nbytes / k / beta", "nbytes / beta"))
+    assert not passed(check.ring_time, whole_message_per_step["ring_time"])
