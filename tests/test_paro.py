@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
+import solution_code
 
 from course import dist
 from course.checks import core
@@ -25,27 +25,19 @@ from course.checks import paro as check
 
 
 def define(source: str) -> dict:
-    namespace = {"__name__": "__main__"}
-    exec(compile(PRELUDE + source, "<cell>", "exec"), namespace)
-    return namespace
+    return solution_code.define(source, PRELUDE)
 
 
 def solution_source(name: str) -> str:
-    nb = nbformat.read(str(NOTEBOOK), as_version=4)
-    return next(c.source for c in nb.cells if c.cell_type == "code" and f"def {name}(" in c.source)
+    return solution_code.solution_source(NOTEBOOK, name)
 
 
 @pytest.fixture(scope="module")
 def solution() -> dict:
-    nb = nbformat.read(str(NOTEBOOK), as_version=4)
-    cells = [c.source for c in nb.cells if c.cell_type == "code"
-             and ("### BEGIN SOLUTION" in c.source or "def ring_exchange(" in c.source)]
-    return define("\n\n".join(cells))
+    return define(solution_code.code_cells(NOTEBOOK, lambda s: "### BEGIN SOLUTION" in s or "def ring_exchange(" in s))
 
 
-def passed(check_fn, *args) -> bool:
-    check_fn(*args)
-    return core.RESULTS[-1].passed
+passed = solution_code.passed
 
 
 # --- helpers ------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import nbformat
 import pytest
+import solution_code
 import torch
 
 from course.checks import core
@@ -31,21 +31,15 @@ from course.checks import zero as check
 
 
 def define(source: str) -> dict:
-    namespace = {"__name__": "__main__"}
-    exec(compile(PRELUDE + source, "<cell>", "exec"), namespace)
-    return namespace
+    return solution_code.define(source, PRELUDE)
 
 
 @pytest.fixture(scope="module")
 def solution() -> dict:
-    nb = nbformat.read(str(NOTEBOOK), as_version=4)
-    cells = [c.source for c in nb.cells if c.cell_type == "code" and "### BEGIN SOLUTION" in c.source]
-    return define("\n\n".join(cells))
+    return define(solution_code.code_cells(NOTEBOOK, lambda s: "### BEGIN SOLUTION" in s))
 
 
-def passed(check_fn, *args) -> bool:
-    check_fn(*args)
-    return core.RESULTS[-1].passed
+passed = solution_code.passed
 
 
 # --- helpers -------------------------------------------------------------------------------------

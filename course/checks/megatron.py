@@ -17,6 +17,7 @@ from torch import nn
 from .. import dist
 from ..models import FeedForward, MultiHeadAttention
 from .core import CheckFailed, assert_close, check, require
+from .ranks import on_ranks
 
 WORLD = 4
 D_MODEL, N_HEAD, D_FF = 32, 4, 128
@@ -53,13 +54,6 @@ def row_shard(weight: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return weight.chunk(world, dim=1)[rank]
 
 
-def _on_ranks(fn, *args, timeout: float = 30):
-    try:
-        return dist.pool(WORLD).run(fn, *args, timeout=timeout)
-    except dist.RanksNotImplemented as error:  # a stub: "not implemented yet: Exercise n.k: ..."
-        raise NotImplementedError(error.first_error.split(": ", 1)[-1]) from None
-    except dist.RankFailed as error:
-        raise CheckFailed(f"on the ranks your code failed:\n{error}") from None
 
 
 # --- 7.1 parameters and FLOPs -----------------------------------------------------------------
@@ -128,7 +122,7 @@ def _rank_f_g(copy_to, reduce_from):
 @check
 def conjugate_operators(copy_to, reduce_from):
     """f (``copy_to``): identity forward, all-reduce backward; g (``reduce_from``): the reverse."""
-    out = _on_ranks(_rank_f_g, copy_to, reduce_from)
+    out = on_ranks(_rank_f_g, copy_to, reduce_from)
     for rank, r in enumerate(out.results):
         # exact: small integers, sums of 4 of them
         assert_close(r["f_forward"], torch.arange(3.0), atol=0, rtol=0, name=f"f forward on rank {rank}",
@@ -210,7 +204,7 @@ def _compare_tp(out, module, x, shard_of, names, what, hint):
 def parallel_mlp(fn):
     """``fn(x, up_w, up_b, down_w, down_b)``: column- then row-parallel MLP with f and g."""
     for d_model, d_ff in ((4, 8), (D_MODEL, D_FF)):  # smallest first
-        out = _on_ranks(_rank_parallel_mlp, fn, d_model, d_ff)
+        out = on_ranks(_rank_parallel_mlp, fn, d_model, d_ff)
         torch.manual_seed(0)
         mlp = FeedForward(d_model, d_ff)
         x = _layer_input(1)[:, :, :d_model].contiguous()
@@ -226,7 +220,7 @@ def parallel_mlp(fn):
 def parallel_attention(fn):
     """``fn(x, q_w, k_w, v_w, out_w, n_local_heads)``: attention with whole heads on each rank."""
     for d_model, n_head in ((8, 4), (D_MODEL, N_HEAD)):
-        out = _on_ranks(_rank_parallel_attention, fn, d_model, n_head)
+        out = on_ranks(_rank_parallel_attention, fn, d_model, n_head)
         torch.manual_seed(0)
         attn = MultiHeadAttention(d_model, n_head)
         x = _layer_input(2)[:, :, :d_model].contiguous()
@@ -379,7 +373,7 @@ def _rank_pipeline(pipeline_1f1b, m):
 def pipeline_1f1b(fn):
     """``fn(stage, m, microbatches, targets, shape)`` runs 1F1B over 4 ranks; loss and grads = one rank's."""
     for m in (1, 4, 8):  # smallest first
-        out = _on_ranks(_rank_pipeline, fn, m)
+        out = on_ranks(_rank_pipeline, fn, m)
         model = pipeline_model()
         x, y = pipeline_data()
         loss = F.mse_loss(model(x), y)

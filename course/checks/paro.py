@@ -16,6 +16,7 @@ import torch.distributed as tdist
 
 from .. import dist
 from .core import CheckFailed, assert_close, check, require
+from .ranks import on_ranks
 
 WORLD, GROUP = 4, 2  # 4 ranks, groups of m = 2
 LEVELS = "NIG"  # not partitioned, partitioned within a group, partitioned globally
@@ -35,13 +36,6 @@ def validate_strategy(strategy) -> str:
     return strategy
 
 
-def _on_ranks(fn, *args, timeout: float = 30):
-    try:
-        return dist.pool(WORLD).run(fn, *args, timeout=timeout)
-    except dist.RanksNotImplemented as error:  # a stub: "not implemented yet: Exercise n.k: ..."
-        raise NotImplementedError(error.first_error.split(": ", 1)[-1]) from None
-    except dist.RankFailed as error:
-        raise CheckFailed(f"on the ranks your code failed:\n{error}") from None
 
 
 def make_groups(m: int = GROUP):
@@ -133,7 +127,7 @@ def _ring_expected(ring, numel):
 @check
 def ring_collectives(ring_reduce_scatter, ring_all_gather):
     """Ring reduce-scatter and all-gather from isend/recv: results, and exactly (k-1)/k of the data sent."""
-    out = _on_ranks(_rank_ring, ring_reduce_scatter, ring_all_gather, RING_CASES)
+    out = on_ranks(_rank_ring, ring_reduce_scatter, ring_all_gather, RING_CASES)
     for case, (ring, numel) in enumerate(RING_CASES):
         total = _ring_expected(ring, numel)
         k = len(ring)
@@ -175,7 +169,7 @@ def _rank_hierarchical(hierarchical_all_reduce, numel):
 def hierarchical_all_reduce(fn):
     """``fn(x, intra_ring, inter_ring)``: intra reduce-scatter, inter all-reduce of the chunk, intra all-gather."""
     for numel in (4, 16):
-        out = _on_ranks(_rank_hierarchical, fn, numel)
+        out = on_ranks(_rank_hierarchical, fn, numel)
         total = sum(torch.arange(numel, dtype=torch.float32) * (r + 1) - r for r in range(WORLD))
         m, groups = GROUP, WORLD // GROUP
         for rank, (y, intra, inter, sent) in enumerate(out.results):

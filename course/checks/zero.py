@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import dist
 from .core import CheckFailed, assert_close, check, require
+from .ranks import on_ranks
 
 WORLD = 4  # ranks the notebook and the checks use
 IN, HIDDEN, OUT = 32, 64, 10  # 2112 + 4160 + 650 = 6922 parameters; the last layer's 650 is not a multiple of 4
@@ -185,17 +186,7 @@ def zero_memory(fn):
     return "11 cases incl. the paper's 7.5B / 64 GPU example, fp32 arguments, a bad stage"
 
 
-# --- running learner code on ranks --------------------------------------------------------------
-
-
-def _on_ranks(fn, *args, timeout: float = 30):
-    """Run a harness on the shared ranks; a learner's exception becomes a readable failure."""
-    try:
-        return dist.pool(WORLD).run(fn, *args, timeout=timeout)
-    except dist.RanksNotImplemented as error:  # a stub: "not implemented yet: Exercise n.k: ..."
-        raise NotImplementedError(error.first_error.split(": ", 1)[-1]) from None
-    except dist.RankFailed as error:
-        raise CheckFailed(f"on the ranks your code failed:\n{error}") from None
+# --- running learner code on ranks (see course.checks.ranks) ------------------------------------
 
 
 def _rank_grads_after(allreduce_gradients, per_rank_grads):
@@ -233,13 +224,13 @@ def allreduce_gradients(fn):
     # smallest case: one Linear(2, 1); rank r's gradients are (r + 1) times ones, mean 2.5
     per_rank = [[torch.full((1, 2), r + 1.0) for r in range(WORLD)], [torch.full((1,), r + 1.0)
                                                                     for r in range(WORLD)]]
-    out = _on_ranks(_rank_grads_after, fn, per_rank)
+    out = on_ranks(_rank_grads_after, fn, per_rank)
     for rank, grads in enumerate(out.results):
         # exact: sums and a division by 4 of small integers are exact in float32
         assert_close(grads[0], torch.full((1, 2), 2.5), atol=0, rtol=0, name=f"rank {rank}'s weight gradient",
                      hint="sum with all_reduce, then divide by the world size (the mean, not the sum)")
         assert_close(grads[1], torch.full((1,), 2.5), atol=0, rtol=0, name=f"rank {rank}'s bias gradient")
-    out = _on_ranks(_rank_ddp_grads, fn)
+    out = on_ranks(_rank_ddp_grads, fn)
     want = _full_batch_grad()
     psi = want.numel()
     for rank, (grad, traffic) in enumerate(out.results):
@@ -281,7 +272,7 @@ def _params_tolerance_note() -> str:
 def zero1_step(fn):
     """``fn(model, state, lr)``: reduce-scatter the gradients, Adam on this rank's shard, all-gather."""
     steps = 3
-    out = _on_ranks(_rank_zero1, fn, steps)
+    out = on_ranks(_rank_zero1, fn, steps)
     want = reference_training(steps)
     psi = want.numel()
     padded = padded_numel(psi, WORLD)
@@ -324,7 +315,7 @@ def _rank_shard_gradients(shard_gradients):
 @check
 def shard_gradients(fn):
     """``fn(params)`` returns this rank's 1/N of the bucket's averaged, padded gradient and frees the grads."""
-    out = _on_ranks(_rank_shard_gradients, fn)
+    out = on_ranks(_rank_shard_gradients, fn)
     model = tiny_mlp()
     x, y = batch(0)
     loss_fn(model(x), y).backward()
@@ -372,7 +363,7 @@ def _rank_sharded_linear(sharded_linear):
 @check
 def sharded_linear(fn):
     """``fn.apply(x, shard, out_features, in_features)``: ZeRO-3's gather-compute-free Linear layer."""
-    out = _on_ranks(_rank_sharded_linear, fn)
+    out = on_ranks(_rank_sharded_linear, fn)
     sizes = ((1, 2, 1), (3, 5, 4), (HIDDEN, IN, 8))
     for case, (out_f, in_f, rows) in enumerate(sizes):
         torch.manual_seed(out_f * 100 + in_f)
