@@ -245,10 +245,12 @@ def test_reference_speedup_formula_and_its_limit():
 
 def test_committed_pair_loads_with_one_vocabulary_and_the_documented_sizes():
     target, draft = load_pretrained("spec-target-char"), load_pretrained("spec-draft-char")
-    assert (target.config.n_layer, target.config.d_model) == (24, 64)
+    # notebook 05 and scripts/train_spec_models.py explain these sizes: deep and narrow target,
+    # shallow and wider draft; the cost ratio c comes from the 12x fewer layers
+    assert (target.config.n_layer, target.config.d_model) == (24, 48)
     assert (draft.config.n_layer, draft.config.d_model) == (2, 64)
     assert target.config.vocab_size == draft.config.vocab_size == 96
-    assert target.num_parameters() > 10 * draft.num_parameters()
+    assert target.num_parameters() > 6 * draft.num_parameters()
     prompt = torch.tensor([[40, 41, 42]])
     for model in (target, draft):
         assert torch.isfinite(model(prompt)).all()
