@@ -62,7 +62,7 @@ def _grade(args) -> int:
     for path in paths:
         try:
             report = grader.grade(path, solutions_dir=args.solutions, cell_timeout=args.cell_timeout,
-                                  total_timeout=args.total_timeout)
+                                  total_timeout=args.total_timeout, memory_limit=args.memory_limit)
         except grader.GradingError as error:
             print(f"error: {error}", file=sys.stderr)
             failed_to_grade.append(path)
@@ -152,6 +152,15 @@ def _cell_seconds(nb) -> dict[int, float]:
     return times
 
 
+def _size(text: str) -> int:
+    from .grading.kernel import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     from .grading import status
 
@@ -172,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gradebook", help="write one CSV row per submission here")
     p.add_argument("--cell-timeout", type=float, default=300, help="seconds per cell (default 300)")
     p.add_argument("--total-timeout", type=float, default=1200, help="seconds per submission (default 1200)")
+    p.add_argument("--memory-limit", type=_size, default=None, metavar="SIZE",
+                   help="cap each grading kernel's address space, e.g. 8G (Linux; at least 2G; default: none)")
     p.set_defaults(func=_grade)
 
     p = sub.add_parser("verify", help="meta-test: each check fails on its stub and passes on the solution")

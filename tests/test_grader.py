@@ -16,7 +16,7 @@ import nbformat
 import pytest
 from conftest import TOY_CELLS, make_notebook
 
-from course.grading import grader
+from course.grading import grader, kernel
 
 pytestmark = pytest.mark.slow
 
@@ -153,3 +153,46 @@ def test_cli_exits_2_when_grading_cannot_run(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "no such file" in done.stderr
+
+
+# --- memory limit (Linux: RLIMIT_AS on the kernel process) ---------------------------------------
+
+needs_prlimit = pytest.mark.skipif(not hasattr(kernel.resource, "prlimit"), reason="needs Linux prlimit")
+# 3 GiB of address space, more than the 2G limit below; torch.empty leaves the pages untouched, so
+# without a limit it costs no memory and no time
+HOG = "import torch\ndef add(a, b):\n    buffer = torch.empty(3 << 30, dtype=torch.uint8)\n    return a + b"
+
+
+@needs_prlimit
+def test_memory_hog_fails_only_its_own_exercise_under_a_memory_limit(toy_course, tmp_path):
+    path = submission(tmp_path, {3: HOG, 4: "pass"})
+    report = grader.grade(path, solutions_dir=toy_course / "solutions", memory_limit=2 << 30, **LIMITS)
+    assert not by_id(report)["90.1"].passed
+    assert "can't allocate memory" in by_id(report)["90.1"].message
+    assert by_id(report)["90.2"].passed
+    # the same submission without a limit: the allocation succeeds, so the limit is what failed it
+    assert by_id(grade(toy_course, path))["90.1"].passed
+
+
+def test_memory_limit_too_small_for_torch_is_refused_before_grading(toy_course, tmp_path):
+    with pytest.raises(grader.GradingError, match="below 2G|needs Linux"):
+        grader.grade(submission(tmp_path), solutions_dir=toy_course / "solutions", memory_limit=512 << 20, **LIMITS)
+
+
+@pytest.mark.parametrize("text, size", [("8G", 8 << 30), ("8g", 8 << 30), ("8GiB", 8 << 30), ("512M", 512 << 20),
+                                        ("1.5G", 3 << 29), ("1073741824", 1 << 30)])
+def test_parse_size_reads_binary_units(text, size):
+    assert kernel.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-1G", "0", "8X"])
+def test_parse_size_rejects_what_is_not_a_positive_size(text):
+    with pytest.raises(ValueError, match="not a positive size"):
+        kernel.parse_size(text)
+
+
+def test_cli_rejects_a_bad_memory_limit_with_exit_2(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "course", "grade", str(tmp_path / "x.ipynb"), "--memory-limit", "8X"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "not a positive size" in done.stderr

@@ -19,7 +19,7 @@ from xml.etree import ElementTree as ET
 import nbformat
 
 from . import exercises as ex
-from .kernel import execute_cells
+from .kernel import check_memory_limit, execute_cells
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_SOLUTIONS = REPO / "solutions"
@@ -94,10 +94,20 @@ def _code_sources(nb) -> list[str]:
 
 
 def grade(submission: str | Path, *, solutions_dir: str | Path | None = None, cell_timeout: float = 300,
-          total_timeout: float = 1200, check_timeout: float = 120) -> Report:
-    """Grade one submission. Raises :class:`GradingError` only when grading cannot run at all."""
+          total_timeout: float = 1200, check_timeout: float = 120, memory_limit: int | None = None) -> Report:
+    """Grade one submission. Raises :class:`GradingError` only when grading cannot run at all.
+
+    ``memory_limit`` (bytes, optional) caps the kernel's address space: a submission that
+    allocates more gets a ``MemoryError`` (torch: "can't allocate memory") in its own cell instead
+    of the machine's memory.
+    """
     path = Path(submission)
     solutions_dir = Path(solutions_dir) if solutions_dir else DEFAULT_SOLUTIONS
+    if memory_limit is not None:
+        try:
+            check_memory_limit(memory_limit)
+        except (ValueError, RuntimeError) as error:
+            raise GradingError(str(error)) from None
     if not path.is_file():
         raise GradingError(f"no such submission file: {path}")
     start = time.perf_counter()
@@ -116,7 +126,8 @@ def grade(submission: str | Path, *, solutions_dir: str | Path | None = None, ce
         return report
 
     with tempfile.TemporaryDirectory(prefix="course-grade-") as workdir:
-        run = execute_cells(_code_sources(nb), workdir, cell_timeout=cell_timeout, total_timeout=total_timeout)
+        run = execute_cells(_code_sources(nb), workdir, cell_timeout=cell_timeout, total_timeout=total_timeout,
+                            memory_limit=memory_limit)
         report.events = run.events
         results = _run_checks(run.session, manifest, workdir, check_timeout)
         if run.session is not None:

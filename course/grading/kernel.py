@@ -3,6 +3,9 @@
 :class:`KernelSession` executes one cell at a time and turns every way a cell can go wrong into
 an :class:`Outcome`: it raised, it ran past its time limit (the kernel is interrupted; if it
 does not answer, it is killed), or the kernel died (``os._exit``, a segfault, out of memory).
+An optional memory limit caps the kernel's address space, so a cell that allocates too much
+raises ``MemoryError`` (or torch's "can't allocate memory") in the kernel instead of exhausting
+the grading machine.
 :func:`execute_cells` builds on it: a cell that kills or wedges the kernel is skipped and the
 notebook re-run from a fresh kernel, so one bad cell costs only its own exercise.
 """
@@ -10,10 +13,16 @@ notebook re-run from a fresh kernel, so one bad cell costs only its own exercise
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+
+try:
+    import resource  # POSIX only; the memory limit needs it, nothing else does
+except ImportError:  # Windows
+    resource = None
 
 import nbformat
 from nbclient import NotebookClient
@@ -46,11 +55,46 @@ def kernel_env(extra: dict[str, str] | None = None, *, plots: bool = False) -> d
     return env
 
 
-class KernelSession:
-    """One kernel in a working directory; run cells with a time limit each."""
+MIN_MEMORY_LIMIT = 2 << 30
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
-    def __init__(self, cwd: str, *, env: dict[str, str] | None = None, startup_timeout: float = 60) -> None:
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as ``8G``, ``512M`` or ``1073741824`` (binary units, case-insensitive)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(text), flags=re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"not a positive size: {text!r} (examples: 8G, 512M, 1073741824)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+def limit_address_space(pid: int, limit_bytes: int) -> None:
+    """Cap the address space of process ``pid`` (each process it starts later inherits the cap).
+
+    RLIMIT_AS counts virtual memory, which is more than the memory a process touches: a kernel
+    that has imported torch, triton and the course holds about 1 GiB of it before doing any
+    work, so limits below :data:`MIN_MEMORY_LIMIT` are refused rather than failing every cell.
+    """
+    check_memory_limit(limit_bytes)
+    resource.prlimit(pid, resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+
+def check_memory_limit(limit_bytes: int) -> None:
+    """Raise before any kernel starts if ``limit_bytes`` cannot be applied here or is too small."""
+    if resource is None or not hasattr(resource, "prlimit"):
+        raise RuntimeError("a memory limit needs Linux (resource.prlimit); grade without one")
+    if limit_bytes < MIN_MEMORY_LIMIT:
+        raise ValueError(f"a memory limit below {MIN_MEMORY_LIMIT >> 30}G leaves no room for torch itself; "
+                         f"got {limit_bytes} bytes")
+
+
+class KernelSession:
+    """One kernel in a working directory; run cells with a time limit each (and, optionally, a
+    cap on its memory, ``memory_limit`` bytes of address space)."""
+
+    def __init__(self, cwd: str, *, env: dict[str, str] | None = None, startup_timeout: float = 60,
+                 memory_limit: int | None = None) -> None:
         self.cwd, self.env, self.startup_timeout = cwd, env or kernel_env(), startup_timeout
+        self.memory_limit = memory_limit
         self.client: NotebookClient | None = None
         self._context = None
 
@@ -64,6 +108,8 @@ class KernelSession:
         # the kernel's own stderr (its TCP warning, C-level crashes) is not the learner's output
         self._context = self.client.setup_kernel(env=self.env, cwd=self.cwd, stderr=subprocess.DEVNULL)
         self._context.__enter__()
+        if self.memory_limit:
+            limit_address_space(self.client.km.provisioner.pid, self.memory_limit)
 
     def stop(self) -> None:
         if self._context is not None:
@@ -122,7 +168,8 @@ class Execution:
 
 
 def execute_cells(sources: list[str], cwd: str, *, cell_timeout: float, total_timeout: float,
-                  max_restarts: int = 3, env: dict[str, str] | None = None, on_cell=None) -> Execution:
+                  max_restarts: int = 3, env: dict[str, str] | None = None, on_cell=None,
+                  memory_limit: int | None = None) -> Execution:
     """Run ``sources`` in order in a fresh kernel, recovering from cells that kill or wedge it.
 
     Returns the live session (for running checks afterwards) and what went wrong. ``on_cell(i,
@@ -132,7 +179,7 @@ def execute_cells(sources: list[str], cwd: str, *, cell_timeout: float, total_ti
     skip: set[int] = set()
     restarts: list[str] = []  # why earlier attempts were abandoned
     for _attempt in range(max_restarts + 1):
-        session = KernelSession(cwd, env=env)
+        session = KernelSession(cwd, env=env, memory_limit=memory_limit)
         session.start()
         events: list[str] = []
         restart = False
