@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cell-timeout", type=float, default=300, help="seconds per cell (default 300)")
     p.add_argument("--total-timeout", type=float, default=1200, help="seconds per submission (default 1200)")
     p.add_argument("--memory-limit", type=_size, default=None, metavar="SIZE",
-                   help="cap each grading kernel's address space, e.g. 8G (Linux; at least 2G; default: none)")
+                   help="cap each grading kernel's address space, e.g. 8G (Linux, CPU-only machines; at least 2G; default: none)")
     p.set_defaults(func=_grade)
 
     p = sub.add_parser("verify", help="meta-test: each check fails on its stub and passes on the solution")

@@ -185,7 +185,7 @@ def test_parse_size_reads_binary_units(text, size):
     assert kernel.parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "abc", "-1G", "0", "8X"])
+@pytest.mark.parametrize("text", ["", "abc", "-1G", "0", "8X", "8iB"])
 def test_parse_size_rejects_what_is_not_a_positive_size(text):
     with pytest.raises(ValueError, match="not a positive size"):
         kernel.parse_size(text)
