@@ -3,7 +3,10 @@
 Kernels started by nbval inherit this process's environment, so the settings the solutions were
 recorded with (`python -m course execute`) are set here: headless (no progress bars, static
 widgets), one torch thread, Jupyter's inline plots. It also records how long each solution takes
-under nbval and fails the run when one exceeds the budget (120 s by default).
+under nbval and fails the run when one's kernel used more CPU time than the budget (120 s by
+default). The budget is on CPU seconds, not wall seconds: wall time depends on what else the
+machine runs (CI runs two notebooks at once on two cores), CPU time on the notebook alone. Wall
+time is printed next to it.
 """
 
 from __future__ import annotations
@@ -63,16 +66,22 @@ def pytest_runtest_logreport(report):
 def pytest_terminal_summary(terminalreporter):
     if not _notebook_seconds:
         return
-    terminalreporter.section(f"solution notebooks under nbval: wall and kernel CPU seconds (budget {NOTEBOOK_BUDGET_S:.0f} s)")
+    terminalreporter.section(f"solution notebooks under nbval: wall and kernel CPU seconds (budget {NOTEBOOK_BUDGET_S:.0f} s CPU)")
     for name, seconds in sorted(_notebook_seconds.items()):
         cpu = f"{_notebook_cpu[name]:7.1f} s CPU" if name in _notebook_cpu else "    ? s CPU"
-        flag = "  OVER BUDGET" if seconds > NOTEBOOK_BUDGET_S else ""
+        flag = "  OVER BUDGET" if name in _over_budget() else ""
         terminalreporter.write_line(f"{name:<40} {seconds:7.1f} s wall {cpu}{flag}")
     terminalreporter.write_line(f"{'all solutions':<40} {sum(_notebook_seconds.values()):7.1f} s wall "
                                 f"{sum(_notebook_cpu.values()):7.1f} s CPU")
 
 
+def _over_budget() -> set[str]:
+    """Solutions whose kernel used more CPU seconds than the budget (wall time where /proc has no
+    reading, e.g. not Linux: better a flaky budget than none)."""
+    return {name for name, wall in _notebook_seconds.items()
+            if _notebook_cpu.get(name, wall) > NOTEBOOK_BUDGET_S}
+
+
 def pytest_sessionfinish(session, exitstatus):
-    over = {n: s for n, s in _notebook_seconds.items() if s > NOTEBOOK_BUDGET_S}
-    if over and exitstatus == 0:
+    if _over_budget() and exitstatus == 0:
         session.exitstatus = 1
