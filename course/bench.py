@@ -150,9 +150,14 @@ def plot_sweep(rows: list[dict], *, x: str, y: str, hue: str = "name", xlabel: s
 
 
 def environment_tags() -> dict[str, str]:
-    """Where and when something was measured: device, library versions, date (UTC)."""
+    """Where and when something was measured: device, processor and its numeric settings (SIMD
+    level, threads), library versions, date (UTC)."""
+    import platform
+
     tags = {
         "device": runtime.device_name(),
+        **runtime.numeric_config(),
+        "python": platform.python_version(),
         "torch": torch.__version__,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
     }

@@ -20,6 +20,7 @@ Environment variables a learner or CI may set:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import sys
@@ -50,6 +51,33 @@ def device_name() -> str:
     import platform
 
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux), e.g. 'AMD EPYC' or 'Intel Xeon ...'.
+
+    Recorded with every result that depends on float summation order: two machines of the same
+    kind with different processors (SIMD width, BLAS code path) produce different training runs.
+    """
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def numeric_config() -> dict[str, str]:
+    """What decides float summation order here: processor, ATen's SIMD level, threads, BLAS switches."""
+    config = {"cpu_model": cpu_model(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "threads": str(torch.get_num_threads())}
+    for name in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA"):
+        if os.environ.get(name):
+            config[name] = os.environ[name]
+    return config
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -114,6 +142,41 @@ def cpu_threads() -> int | None:
     return 1 if headless() else None
 
 
+#: The notebooks with Triton kernels (cells with ``@triton.jit``). Triton ships wheels for Linux
+#: only, so on macOS and Windows these run except for their Triton cells; every other notebook runs
+#: fully everywhere. tests/test_platform.py keeps this list in step with solutions/.
+TRITON_NOTEBOOKS = ("00", "02", "03", "04")
+
+
+def triton_available() -> bool:
+    """True when Triton can be imported here (requirements.txt installs it on Linux only)."""
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # a broken or half-imported triton counts as absent
+        return False
+
+
+def platform_support(system: str | None = None, has_triton: bool | None = None) -> str:
+    """One sentence on which notebooks run fully on this machine; ``import course`` prints it when
+    Triton is missing. ``system`` (``platform.system()``) and ``has_triton`` default to this machine.
+    """
+    import platform
+
+    system = system or platform.system()
+    has_triton = triton_available() if has_triton is None else has_triton
+    if has_triton:
+        return f"{_os_name(system)} with Triton: every notebook runs fully"
+    partial = ", ".join(TRITON_NOTEBOOKS)
+    why = ("Triton is not installed (pip install -r requirements.txt)" if system == "Linux"
+           else "Triton ships for Linux only (use WSL2, the devcontainer or Colab for those cells)")
+    return (f"{_os_name(system)} without Triton: every notebook runs fully except the Triton cells of "
+            f"notebooks {partial}; {why}")
+
+
+def _os_name(system: str) -> str:
+    return {"Darwin": "macOS"}.get(system, system or "this OS")
+
+
 def configure_triton() -> None:
     """Switch Triton to its CPU interpreter when there is no GPU, and say so once per process.
 
@@ -137,6 +200,8 @@ def configure_triton() -> None:
                   f"(TRITON_INTERPRET=1); sizes: {size_preset()}")
         else:
             print(f"course: {device_name()}, Triton kernels compile; sizes: {size_preset()}")
+        if not triton_available():  # said only where it matters: Linux with Triton prints as before
+            print(f"course: {platform_support()}")
 
 
 def progress(iterable=None, **kwargs):
