@@ -149,6 +149,10 @@ def plot_sweep(rows: list[dict], *, x: str, y: str, hue: str = "name", xlabel: s
 # --- measured results as CSV ----------------------------------------------------------------
 
 
+#: Where scripts save measured results (CSV with a header saying where and when) for notebooks to read.
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
 def environment_tags() -> dict[str, str]:
     """Where and when something was measured: device, processor and its numeric settings (SIMD
     level, threads), library versions, date (UTC)."""
@@ -214,5 +218,11 @@ def _number(text: str) -> Any:
 
 
 def measured_note(tags: dict[str, str]) -> str:
-    """The label a plot of saved results carries: 'measured on <device>, <date>'."""
-    return f"measured on {tags.get('device', '?')}, {tags.get('date', '?')}, torch {tags.get('torch', '?')}"
+    """The label a plot of saved results carries: 'measured on <device>, <processor>, <SIMD>, <n> threads, <date>'."""
+    where = tags.get("device", "?")
+    details = [tags[k] for k in ("cpu_model", "torch_cpu_capability") if tags.get(k)]
+    if tags.get("threads"):
+        details.append(f"{tags['threads']} thread{'s' if tags['threads'] != '1' else ''}")
+    if details and not where.startswith(("NVIDIA", "Tesla")):
+        where += ", " + ", ".join(details)
+    return f"measured on {where}, {tags.get('date', '?')}, torch {tags.get('torch', '?')}"
