@@ -166,11 +166,10 @@ def platform_support(system: str | None = None, has_triton: bool | None = None) 
     has_triton = triton_available() if has_triton is None else has_triton
     if has_triton:
         return f"{_os_name(system)} with Triton: every notebook runs fully"
-    partial = ", ".join(TRITON_NOTEBOOKS)
-    why = ("Triton is not installed (pip install -r requirements.txt)" if system == "Linux"
-           else "Triton ships for Linux only (use WSL2, the devcontainer or Colab for those cells)")
-    return (f"{_os_name(system)} without Triton: every notebook runs fully except the Triton cells of "
-            f"notebooks {partial}; {why}")
+    need, why = (("Triton", "pip install -r requirements.txt installs it") if system == "Linux"
+                 else ("Linux", "Triton ships for Linux only: use WSL2, the devcontainer or Colab for them"))
+    return (f"{_os_name(system)} without Triton: notebooks {', '.join(TRITON_NOTEBOOKS)} need {need} for their "
+            f"Triton cells ({why}); every other notebook runs fully")
 
 
 def _os_name(system: str) -> str:
