@@ -72,9 +72,10 @@ def test_the_table_lists_every_solution_notebook_with_a_link_and_its_thumbnail(t
     assert [r.stem for r in rows] == stems
     text = cm.table(rows, notebooks_link="../notebooks/", img_link="img/")
     assert text.splitlines()[0] == ("| # | notebook | paper | what you build | time to complete | CPU/GPU needs "
-                                   "| image |")
+                                   "| image | Colab |")
     for r in rows:
         assert f"(../notebooks/{r.stem}.ipynb)" in text, r.stem
+        assert f"[Open in Colab]({cm.colab_url(r.stem)})" in text, r.stem
         if r.image:
             assert (tmp_path / "img" / r.image).is_file()
             assert f'src="img/{r.image}"' in text
@@ -134,3 +135,18 @@ def test_write_makes_the_markdown_file_and_main_prints_readme_links(tmp_path, ca
 def test_a_missing_solutions_folder_is_named_in_the_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="solutions: no such folder"):
         cm.rows(tmp_path / "nope", tmp_path / "img")
+
+
+def test_colab_links_open_the_student_notebook_of_the_repository_named_once(monkeypatch):
+    assert cm.colab_url("02_flash_attention", "ada/p2k", "dev") == (
+        "https://colab.research.google.com/github/ada/p2k/blob/dev/notebooks/02_flash_attention.ipynb")
+    monkeypatch.setenv("COURSE_GITHUB_REPO", "ada/p2k")  # the script reads it once, when loaded
+    module = load_script()
+    try:
+        assert module.GITHUB_REPO == "ada/p2k"
+        row = module.Row("02", "02_flash_attention", "FlashAttention", "—", "—", "3 hours", "CPU", None, None)
+        assert "(https://colab.research.google.com/github/ada/p2k/blob/main/notebooks/02_flash_attention.ipynb)" \
+            in module.table([row], notebooks_link="", img_link="")
+    finally:
+        monkeypatch.delenv("COURSE_GITHUB_REPO")
+        load_script()  # leave sys.modules with the default constant for other tests
