@@ -91,6 +91,29 @@ def check(fn: Callable[..., str | None]) -> Callable[..., None]:
     return run_check
 
 
+def observation(fn: Callable) -> Callable:
+    """Mark a helper that must run next to the learner's code: autograd through it, its ranks, a loop.
+
+    In a notebook it is an ordinary call. When the grader's judge calls it with a proxy of the
+    learner's code among the arguments, the call runs in the submission's kernel instead (its
+    other arguments are pickled there) and returns the raw observations (outputs, gradients,
+    transcripts) as plain values; the check then judges them in the grader's process. So an
+    observation helper returns what it saw and never decides pass or fail.
+    """
+
+    @functools.wraps(fn)
+    def observe(*args, **kwargs):
+        from ..grading import remote  # the judge's proxies; a notebook never has any
+
+        proxy = remote.find_remote(*args, *kwargs.values())
+        if proxy is None:
+            return fn(*args, **kwargs)
+        return proxy._channel.observe(observe, args, kwargs)
+
+    observe.observed = fn
+    return observe
+
+
 def not_implemented_inside(error: BaseException) -> str | None:
     """The label of a stub's ``NotImplementedError`` hidden inside another exception, else None.
 
@@ -111,8 +134,10 @@ def not_implemented_inside(error: BaseException) -> str | None:
 
 def describe_exception(error: BaseException, frames: int = 3) -> str:
     """`TypeError: ...` plus the last few frames, enough to find the line without a wall of text."""
-    tb = traceback.extract_tb(error.__traceback__)[-frames:]
-    where = "".join(f"  at {f.name} (line {f.lineno}): {(f.line or '').strip()}\n" for f in tb)
+    where = getattr(error, "remote_where", None)  # raised in the submission's kernel (grading)
+    if where is None:
+        tb = traceback.extract_tb(error.__traceback__)[-frames:]
+        where = "".join(f"  at {f.name} (line {f.lineno}): {(f.line or '').strip()}\n" for f in tb)
     return f"your code raised {type(error).__name__}: {error}\n{where}".rstrip()
 
 

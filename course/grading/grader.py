@@ -1,8 +1,9 @@
-"""Grade a submitted notebook: run it in a fresh kernel, then run every exercise's check there.
+"""Grade a submitted notebook: run it in a fresh kernel, then judge every exercise from outside it.
 
 The exercises, their points and their check code come from the *solution* notebook of the same
 name (``solutions/<name>.ipynb``), never from the submission, so editing or deleting a check cell
-changes nothing. Grading always produces a :class:`Report`; only a submission the grader cannot
+changes nothing. The checks themselves run in this process (:mod:`course.grading.judge`), calling
+the learner's code in the kernel through a socket; no verdict is read from the kernel. Grading always produces a :class:`Report`; only a submission the grader cannot
 identify (no solution of that name) or a missing file is an error of grading itself.
 """
 
@@ -19,6 +20,7 @@ from xml.etree import ElementTree as ET
 import nbformat
 
 from . import exercises as ex
+from .judge import judge_checks
 from .kernel import check_memory_limit, execute_cells
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,7 +131,9 @@ def grade(submission: str | Path, *, solutions_dir: str | Path | None = None, ce
         run = execute_cells(_code_sources(nb), workdir, cell_timeout=cell_timeout, total_timeout=total_timeout,
                             memory_limit=memory_limit)
         report.events = run.events
-        results = _run_checks(run.session, manifest, workdir, check_timeout)
+        results, problem = _run_checks(run.session, manifest, workdir, check_timeout)
+        if problem:
+            report.events.append(problem)
         if run.session is not None:
             run.session.stop()
     report.exercises = [_result(e, *results.get(e.id, (False, "the check could not run"))) for e in manifest.exercises]
@@ -137,21 +141,16 @@ def grade(submission: str | Path, *, solutions_dir: str | Path | None = None, ce
     return report
 
 
-def _run_checks(session, manifest: ex.Manifest, workdir: str, check_timeout: float) -> dict:
+def _run_checks(session, manifest: ex.Manifest, workdir: str, check_timeout: float) -> tuple[dict, str]:
+    """Every exercise's verdict, decided by the judge in this process (see course.grading.judge)."""
     if session is None:
         return {e.id: (False, "the notebook could not be executed, so the check could not run")
-                for e in manifest.exercises}
-    out = str(Path(workdir) / f"check-results-{time.time_ns()}.json")
-    code = _probe_code("grade_checks", manifest.check_module, [e.to_dict() for e in manifest.exercises], out,
-                       check_timeout)
-    outcome = session.run(code, check_timeout * max(1, len(manifest.exercises)) + 30)
-    try:
-        raw = json.loads(Path(out).read_text())
-    except (OSError, ValueError):
-        raw = {}
-    why = "the kernel died while checking" if outcome.status == "dead" else f"checks did not finish ({outcome.error})"
+                for e in manifest.exercises}, ""
+    raw, problem = judge_checks(session, manifest.check_module, [e.to_dict() for e in manifest.exercises],
+                                check_timeout)
+    why = problem or "the check could not run"
     return {e.id: (raw[e.id]["passed"], raw[e.id]["message"]) if e.id in raw else (False, why)
-            for e in manifest.exercises}
+            for e in manifest.exercises}, problem
 
 
 def _result(exercise: ex.Exercise, passed: bool, message: str) -> ExerciseResult:
