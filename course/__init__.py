@@ -7,6 +7,10 @@ to its CPU interpreter before any kernel is defined (see :mod:`course.runtime`).
 from . import runtime
 
 runtime.configure_triton()
+if not runtime.triton_available():  # macOS, Windows: Triton cells define fine and stop with a clear message
+    from . import _no_triton
+
+    _no_triton.install()
 
 from .runtime import device, on_gpu, pick, seed_everything, size_preset  # noqa: E402
 

@@ -5,7 +5,8 @@ Rules this module follows so learners don't have to remember them:
 * warm up first (the first call pays for compilation, caching and allocation);
 * synchronise the GPU before reading a clock (kernel launches are asynchronous);
 * report the median of repeats, with the 20th and 80th percentiles as spread;
-* on a GPU, let ``triton.testing.do_bench`` time with CUDA events and a flushed L2 cache.
+* on a GPU, let ``triton.testing.do_bench`` time with CUDA events and a flushed L2 cache (where
+  Triton is missing, CUDA events and the same flush directly).
 
 A *table* here is a list of dicts with the same keys ("tidy" rows): easy to print, plot and save.
 """
@@ -46,7 +47,8 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 10,
     """Time ``fn()`` (no arguments) and return its median and spread in milliseconds.
 
     On CUDA this uses ``triton.testing.do_bench`` (CUDA events, L2 flushed between runs) with
-    ``repeats`` as the number of measured calls; on CPU, ``time.perf_counter`` around each call.
+    ``repeats`` as the number of measured calls (without Triton, the same CUDA events by hand); on
+    CPU, ``time.perf_counter`` around each call.
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable with no arguments, got {type(fn).__name__}")
@@ -55,11 +57,13 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 10,
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
     device = torch.device(device) if device is not None else runtime.device()
-    if device.type == "cuda":
+    if device.type == "cuda" and runtime.triton_available():
         import triton.testing
 
         times = triton.testing.do_bench(fn, warmup=warmup, rep=repeats, return_mode="all")
         times = sorted(float(t) for t in times)
+    elif device.type == "cuda":  # CUDA torch without Triton (native Windows): the same events, by hand
+        times = sorted(_cuda_event_times(fn, warmup, repeats, device))
     else:
         for _ in range(warmup):
             fn()
@@ -70,6 +74,28 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 2, repeats: int = 10,
             times.append((time.perf_counter() - start) * 1e3)
         times.sort()
     return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times))
+
+
+def _cuda_event_times(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device) -> list[float]:
+    """Milliseconds of each of ``repeats`` calls, timed with CUDA events, L2 flushed before each call.
+
+    What ``triton.testing.do_bench`` does, for CUDA machines without Triton: the flush (writing a
+    256 MB buffer, larger than any GPU's L2) runs before the start event, so it is not timed.
+    """
+    with torch.cuda.device(device):
+        flush = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device=device)
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(repeats)]
+        for start, end in events:
+            flush.zero_()
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize()
+        return [start.elapsed_time(end) for start, end in events]
 
 
 def sweep(fns: dict[str, Callable[[Any], Callable[[], Any]]], xs: Iterable[Any], *, x_name: str = "x",
@@ -165,11 +191,11 @@ def environment_tags() -> dict[str, str]:
         "torch": torch.__version__,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
     }
-    try:
+    if runtime.triton_available():
         import triton
 
         tags["triton"] = triton.__version__
-    except ImportError:  # pragma: no cover - triton is a course dependency
+    else:  # macOS, Windows (Triton ships for Linux only): import course's stand-in is no Triton
         tags["triton"] = "absent"
     if torch.version.cuda:
         tags["cuda"] = torch.version.cuda

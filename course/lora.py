@@ -395,7 +395,7 @@ def benchmark(tokens: Sequence[int], *, d: int, r: int, n_adapters: int = 8, dty
 
     Rows (``name``, ``tokens``, ``ms``, ``p20_ms``, ``p80_ms``): ``base`` (x W^T alone: cuBLAS on a
     GPU), ``unfused`` (three matmuls and an add), ``merged`` (W + sBA precomputed: one matmul),
-    and, when ``include_triton`` (default: on a GPU, where kernels compile), ``fused`` (one
+    and, when ``include_triton`` (default: on a GPU with Triton, where kernels compile), ``fused`` (one
     adapter), ``fused_multi_1`` and ``fused_multi_{n}`` (a batch whose rows cycle through
     ``n_adapters`` adapters) and ``unfused_multi_{n}``. Timing an interpreted kernel on a CPU
     measures Python, not the kernel, so the CPU table leaves the Triton rows out.
@@ -403,7 +403,7 @@ def benchmark(tokens: Sequence[int], *, d: int, r: int, n_adapters: int = 8, dty
     from . import bench
 
     if include_triton is None:
-        include_triton = runtime.on_gpu()
+        include_triton = runtime.on_gpu() and runtime.triton_available()
     rows = []
     for t in tokens:
         for name, fn, device in _benchmark_paths(t, d, r, n_adapters, dtype, include_triton):

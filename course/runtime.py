@@ -149,7 +149,12 @@ TRITON_NOTEBOOKS = ("00", "02", "03", "04")
 
 
 def triton_available() -> bool:
-    """True when Triton can be imported here (requirements.txt installs it on Linux only)."""
+    """True when Triton can be imported here (requirements.txt installs it on Linux only).
+
+    False where ``import course`` installed its stand-in (:mod:`course._no_triton`) for a missing Triton.
+    """
+    if getattr(sys.modules.get("triton"), "__course_stand_in__", False) is True:
+        return False
     try:
         return importlib.util.find_spec("triton") is not None
     except (ImportError, ValueError):  # a broken or half-imported triton counts as absent
@@ -185,7 +190,7 @@ def configure_triton() -> None:
     global _announced
     if not on_gpu() and os.environ.get("TRITON_INTERPRET") != "1":
         os.environ["TRITON_INTERPRET"] = "1"
-        if "triton" in sys.modules:
+        if sys.modules.get("triton") is not None:  # (None there blocks the import: not imported)
             # Kernels already defined keep the compiled path; new ones use the interpreter.
             print("course: triton was imported before course; kernels defined earlier will not "
                   "run on the CPU. Restart the kernel and import course first.")
@@ -194,7 +199,9 @@ def configure_triton() -> None:
         torch.set_num_threads(threads)
     if not _announced:
         _announced = True
-        if triton_mode() == "interpreter":
+        if not triton_available():
+            print(f"course: {device_name()}; sizes: {size_preset()}")
+        elif triton_mode() == "interpreter":
             print("course: no CUDA device, so Triton kernels run on the CPU in the interpreter "
                   f"(TRITON_INTERPRET=1); sizes: {size_preset()}")
         else:
