@@ -114,6 +114,30 @@ def observation(fn: Callable) -> Callable:
     return observe
 
 
+def _kernel_copy(value):
+    return value
+
+
+def beside(value, learner_code):
+    """``value`` where ``learner_code`` lives: in a notebook ``value`` itself; when the grader's
+    judge checks a submission, a copy of ``value`` made in the submission's kernel (a proxy to it).
+
+    For checks whose learner code changes an object in place (replaces a model's layers, merges
+    weights): the change happens to the copy, and the check reads it back through the proxy.
+    """
+    from ..grading import remote
+
+    proxy = remote.find_remote(learner_code)
+    return value if proxy is None else proxy._channel.observe(_kernel_copy, (value,), {})
+
+
+def kind(value) -> str:
+    """The class name of ``value``; for a proxy of the learner's object, the name of its class."""
+    from ..grading import remote
+
+    return remote.type_name(value)
+
+
 def not_implemented_inside(error: BaseException) -> str | None:
     """The label of a stub's ``NotImplementedError`` hidden inside another exception, else None.
 

@@ -14,7 +14,7 @@ import torch
 
 from .. import flash_attention as fa
 from .. import runtime
-from .core import assert_close, assert_equal, assert_tensor, check, require
+from .core import assert_close, assert_equal, assert_tensor, check, observation, require
 
 # --- references (float64, straight from the definitions) -----------------------------------------
 
@@ -317,21 +317,36 @@ def triton_backward(kernel):
 # --- Exercise 2.7: the autograd.Function ----------------------------------------------------------
 
 
+@observation
+def run_autograd_function(function, q, k, v, causal, do) -> dict:
+    """Next to the learner's code: ``function.apply`` with the sizes of the tensors it saves for
+    backward recorded, then ``backward(do)``. Returns what it saw; the check judges it."""
+    if not (isinstance(function, type) and issubclass(function, torch.autograd.Function)):
+        return {"function": False, "what": repr(function)[:200]}
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t, s=saved: s.append(t.numel()) or t, lambda t: t):
+        out = function.apply(q, k, v, causal)
+    has_graph = isinstance(out, torch.Tensor) and out.grad_fn is not None
+    if has_graph:
+        out.backward(do)
+    return {"function": True, "out": out.detach() if isinstance(out, torch.Tensor) else out, "saved": saved,
+            "has_graph": has_graph, "grads": [t.grad for t in (q, k, v)] if has_graph else None}
+
+
 @check
 def autograd_function(function):
     """``function.apply(q, k, v, causal)`` is differentiable attention that saves O(N d) memory."""
-    require(isinstance(function, type) and issubclass(function, torch.autograd.Function),
-            f"pass your torch.autograd.Function subclass, got {function!r}")
     cases = [(1, 1, 16, 16, 16, False), (1, 2, 40, 40, 32, True), (2, 1, 50, 30, 16, True),
              (1, 1, 64, 64, 16, False)]
     device = runtime.device()
     for b, h, n_q, n_k, d, causal in cases:
-        q, k, v = (t.requires_grad_() for t in _qkv(b, h, n_q, n_k, d, device=device))
+        q, k, v = _qkv(b, h, n_q, n_k, d, device=device)
         do = _randn(b, h, n_q, d, seed=9, device=device)
         label = _case(shape=(b, h, n_q, n_k, d), causal=causal)
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t, s=saved: s.append(t.numel()) or t, lambda t: t):
-            out = function.apply(q, k, v, causal)
+        seen = run_autograd_function(function, q, k, v, causal, do)
+        require(seen["function"], f"pass your torch.autograd.Function subclass, got {seen.get('what')}")
+        out, saved = seen["out"], seen["saved"]
         assert_tensor(out, f"output ({label})", shape=q.shape, dtype=q.dtype)
         want_o, _ = reference_forward(q, k, v, causal)
         tol = _fp32_tol()
@@ -340,10 +355,9 @@ def autograd_function(function):
         require(max(saved, default=0) <= largest_input,
                 f"the forward saved a tensor of {max(saved)} elements for backward ({label}); the inputs have "
                 f"at most {largest_input}. Save q, k, v, o and the lse (O(N d)), never S or P (O(N_q N_k)).")
-        require(out.grad_fn is not None, "the output has no grad_fn: return it from forward, don't detach it")
-        out.backward(do)
-        for name, t, w in zip(("dq", "dk", "dv"), (q, k, v), reference_grads(q, k, v, do, causal)):
-            require(t.grad is not None, f"{name} is None ({label}): backward must return (dq, dk, dv, None)")
-            assert_close(t.grad, w, atol=1e2 * tol, rtol=1e2 * tol, name=f"{name} ({label})",
+        require(seen["has_graph"], "the output has no grad_fn: return it from forward, don't detach it")
+        for name, g, w in zip(("dq", "dk", "dv"), seen["grads"], reference_grads(q, k, v, do, causal)):
+            require(g is not None, f"{name} is None ({label}): backward must return (dq, dk, dv, None)")
+            assert_close(g, w, atol=1e2 * tol, rtol=1e2 * tol, name=f"{name} ({label})",
                          hint="backward returns one gradient per forward input: (dq, dk, dv, None for causal)")
     return f"{len(cases)} cases: values, gradients, and nothing of size N_q x N_k saved for backward"

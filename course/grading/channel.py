@@ -33,19 +33,26 @@ class Channel:
         self.sock, self.guarded, self.allow_pickle, self.namespace = sock, guarded, allow_pickle, namespace
         self.codec = Codec(self)
         self.exports: dict[int, object] = {}
+        self.export_ids: dict[int, int] = {}  # id(object) -> its id on the wire (exports keep it alive)
+        self.proxies: dict[int, Remote] = {}  # the other side's objects, one proxy each
         self.ids = itertools.count(1)
         self.requests = itertools.count(1)
         self.outstanding: list[int] = []  # ids of requests this end is waiting for, outermost first
         self.deadline: float | None = None  # judge: when the current check's time is up
         self.closed = False
+        self.traffic = [0, 0]  # requests sent, requests served (for timing reports)
+        self.ops: dict[str, int] = {}  # requests sent, by kind
 
     # --- lending objects --------------------------------------------------------------------------
 
     def export(self, value) -> dict:
         if len(self.exports) >= MAX_EXPORTS:
             raise WireError("too many objects lent across the connection")
-        ident = next(self.ids)
-        self.exports[ident] = value
+        ident = self.export_ids.get(id(value))  # one id per object, so `a is b` survives the trip
+        if ident is None:
+            ident = next(self.ids)
+            self.exports[ident] = value
+            self.export_ids[id(value)] = ident
         kind = type(value)
         return {"t": "obj", "id": ident, "type": f"{kind.__module__}.{kind.__qualname__}"[:200],
                 "call": callable(value)}
@@ -112,6 +119,8 @@ class Channel:
         if self.closed:
             raise WireError("the connection to the kernel is closed")
         ident = next(self.requests)
+        self.traffic[0] += 1
+        self.ops[op] = self.ops.get(op, 0) + 1
         blobs: list[bytes] = []
         sent: list = []
         payload = [self.codec.encode(target, blobs), self.codec.encode(args, blobs, record=sent),
@@ -181,6 +190,9 @@ class Channel:
 
     def _serve(self, header: dict, blobs: list[bytes]) -> None:
         ident = header.get("id")
+        self.traffic[1] += 1
+        key = "served:" + str(header.get("op"))[:20]
+        self.ops[key] = self.ops.get(key, 0) + 1
         received: list = []
         snapshots: dict[int, tuple] = {}
         try:

@@ -25,6 +25,8 @@ import tempfile
 import threading
 import time
 
+import torch
+
 from course.checks import core
 
 from .channel import Channel
@@ -76,7 +78,7 @@ def run_check(source: str, channel: Channel, module, timeout: float, interrupt) 
         return fail("the kernel stopped answering before this check (did an earlier check crash it?)")
     scope = {"check": module, "__builtins__": builtins, "__name__": "__check__"}
     names = _LearnerNames(channel, set(scope))
-    before = len(core.RESULTS)
+    before, traffic = len(core.RESULTS), sum(channel.traffic)
     channel.deadline = time.monotonic() + timeout
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -102,7 +104,8 @@ def run_check(source: str, channel: Channel, module, timeout: float, interrupt) 
         return fail("the check cell ran but no check reported a result")
     failed = [r for r in new if not r.passed]
     message = "\n".join(r.message for r in failed) if failed else "; ".join(r.message for r in new if r.message)
-    return {"passed": not failed, "message": message, "seconds": time.perf_counter() - start}
+    return {"passed": not failed, "message": message, "seconds": time.perf_counter() - start,
+            "requests": sum(channel.traffic) - traffic}
 
 
 class Judge:
@@ -161,6 +164,7 @@ class Judge:
                 self.results[exercise["id"]] = run_check(exercise["check_source"], channel, self.module,
                                                          self.check_timeout, self._interrupt)
             self.healthy = not channel.closed
+            self.ops = channel.ops
             channel.close()
         except BaseException as error:  # noqa: BLE001 - report, never crash the grader
             self.problem = f"the judge failed: {type(error).__name__}: {error}"
@@ -184,6 +188,10 @@ def judge_checks(session, check_module: str, exercises: list[dict], check_timeou
         pid = session.client.km.provisioner.pid
     judge = Judge(check_module, exercises, check_timeout, pid)
     thread = threading.Thread(target=judge.run, name="course-judge", daemon=True)
+    # One thread for torch here, as in the kernel: the judge's references are small, and idle
+    # worker threads spinning beside the kernel would slow every answer it waits for.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     thread.start()
     try:
         outcome = session.run(judge.agent_code(), check_timeout * max(1, len(exercises)) + 60)
@@ -191,6 +199,7 @@ def judge_checks(session, check_module: str, exercises: list[dict], check_timeou
         thread.join(timeout=30)
     finally:
         judge.close()
+        torch.set_num_threads(threads)
     problem = judge.problem
     if problem and outcome.status != "ok":
         problem += f" (the agent's cell: {outcome.status}: {outcome.error[:300]})"

@@ -163,6 +163,9 @@ class Remote:
             except StopIteration:
                 return
 
+    def __next__(self):
+        return self._ask("next")
+
     def __eq__(self, other):
         return isinstance(other, Remote) and other._channel is self._channel and other._id == self._id
 
@@ -194,6 +197,11 @@ def _plain(value, kinds, what):
 
 def is_remote(value) -> bool:
     return type(value) is Remote
+
+
+def type_name(value) -> str:
+    """The class name of ``value``, or of the object a proxy stands for (as its side reported it)."""
+    return value._type.rsplit(".", 1)[-1] if type(value) is Remote else type(value).__name__
 
 
 def find_remote(*values):
@@ -283,7 +291,7 @@ class Codec:
             node = tag({"t": "list"})
             node["v"] = [enc(v) for v in value]
             return node
-        if kind is dict:
+        if isinstance(value, dict):  # OrderedDict (a state_dict) and other dicts arrive as plain dicts
             node = tag({"t": "dict"})
             node["k"], node["v"] = [enc(k) for k in value], [enc(v) for v in value.values()]
             return node
@@ -460,7 +468,11 @@ class Codec:
             ident = node.get("id")
             if type(ident) is not int:
                 raise WireError("a proxy without an id")
-            return Remote(self.channel, ident, _str(node.get("type", "object"))[:200], bool(node.get("call")))
+            proxy = self.channel.proxies.get(ident)
+            if proxy is None:
+                proxy = Remote(self.channel, ident, _str(node.get("type", "object"))[:200], bool(node.get("call")))
+                self.channel.proxies[ident] = proxy
+            return proxy
         if t == "exc":
             return self.channel.make_exception(node)
         if t == "pickle":
