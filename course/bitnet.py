@@ -251,12 +251,13 @@ def ternary_matmul(x_codes: torch.Tensor, x_step: torch.Tensor, w_packed: torch.
     :func:`ternary_matmul_reference`.
     """
     m, n = check_ternary_matmul_args(x_codes, x_step, w_packed, w_scale, k)
+    runtime.require_kernel_device("the ternary matmul kernel", x_codes=x_codes, x_step=x_step, w_packed=w_packed)
     ws = float(w_scale)  # a kernel argument, not a device tensor: no host-to-device copy per call
     xs = x_step.reshape(m).contiguous()
     y = torch.empty((m, n), dtype=torch.float32, device=x_codes.device)
     args = (x_codes, xs, w_packed, y, ws, m, n, k, x_codes.stride(0), x_codes.stride(1),
             w_packed.stride(0), w_packed.stride(1), y.stride(0), y.stride(1))
-    if x_codes.is_cuda:
+    if runtime.triton_mode() == "compiled":  # operands are on the GPU (checked above)
         global _autotuned
         if _autotuned is None:
             _autotuned = triton.autotune(_gpu_configs(), key=["M", "N", "K"])(_ternary_matmul_kernel)

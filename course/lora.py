@@ -265,6 +265,8 @@ CPU_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}  # smal
 
 def _launch(x2, weight, As, Bs, ids, scale, multi: bool) -> torch.Tensor:
     """One launch of the fused kernel; ``scale`` is a float, or a list with one float per adapter."""
+    runtime.require_kernel_device("the fused LoRA kernel", x=x2, weight=weight, lora_A=As, lora_B=Bs,
+                                  adapter_ids=ids)
     m, k = x2.shape
     n = weight.shape[0]
     r = As.shape[1]
@@ -277,7 +279,7 @@ def _launch(x2, weight, As, Bs, ids, scale, multi: bool) -> torch.Tensor:
             y.stride(0), y.stride(1))
     meta = {"MULTI": multi, "PER_ADAPTER_SCALE": per_adapter, "IEEE": x2.dtype == torch.float32,
             "BLOCK_R": max(16, triton.next_power_of_2(r))}
-    if x2.is_cuda:
+    if runtime.triton_mode() == "compiled":  # operands are on the GPU (checked above)
         global _autotuned
         if _autotuned is None:
             _autotuned = triton.autotune(_gpu_configs(), key=["M", "N", "K", "R", "MULTI"])(_lora_fused_kernel)

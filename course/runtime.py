@@ -123,6 +123,22 @@ def triton_mode() -> str:
     return "interpreter" if os.environ.get("TRITON_INTERPRET") == "1" else "compiled"
 
 
+def require_kernel_device(kernel: str, **tensors) -> None:
+    """Refuse a CPU tensor for a compiled Triton kernel, with a message that says what to do.
+
+    A compiled kernel dereferences its pointers on the GPU: a CPU tensor there is an illegal address
+    (or garbage), not a Python error. Under the CPU interpreter every device is fine. ``kernel``
+    names the launcher in the message; ``tensors`` maps argument names to tensors (others are skipped).
+    """
+    if triton_mode() != "compiled":
+        return
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.device.type != "cuda":
+            raise ValueError(f"{kernel}: {name} is on {t.device} but Triton compiles this kernel for the GPU: "
+                             "move every operand to the GPU (.to(course.runtime.device())), or import course "
+                             "before triton on a machine without a GPU so that kernels run in the CPU interpreter")
+
+
 def cpu_threads() -> int | None:
     """Torch's CPU thread count for this process: ``COURSE_THREADS`` when set, else 1 when headless
     (tests, grading, scripts that record results), else None (torch's own default).
