@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .. import bitnet as ref
 from .. import runtime
-from .core import CheckFailed, assert_close, assert_equal, assert_tensor, check, require
+from .core import CheckFailed, assert_close, assert_equal, assert_tensor, check, forward_backward, is_instance, require
 
 
 def _pair(out, label):
@@ -157,37 +157,39 @@ def bit_linear(cls):
         label = f"BitLinear({d_in}, {d_out}, bias={bias}, ternary={ternary})"
         torch.manual_seed(0)
         layer = cls(d_in, d_out, bias=bias, ternary=ternary)
-        require(isinstance(layer, torch.nn.Module), f"{label}: expected an nn.Module")
+        require(is_instance(layer, torch.nn.Module), f"{label}: expected an nn.Module")
         require(tuple(layer.weight.shape) == (d_out, d_in), f"{label}: weight must be (out, in) = {(d_out, d_in)}, got "
                                                             f"{tuple(layer.weight.shape)}")
         require((layer.bias is not None) == bias, f"{label}: bias={bias} not honoured")
-        x = (torch.randn(3, 5, d_in, generator=gen) * 2 + 1).requires_grad_(True)
-        out = layer(x)
+        x = torch.randn(3, 5, d_in, generator=gen) * 2 + 1
+        upstream = torch.randn(3, 5, d_out, generator=gen)
+        seen = forward_backward(layer, x, upstream)  # in the learner's process when grading
+        out = seen["out"]
         x_ref = x.detach().clone().requires_grad_(True)
-        w_ref = layer.weight.detach().clone().requires_grad_(True)
-        b_ref = layer.bias.detach().clone().requires_grad_(True) if bias else None
+        weight, layer_bias = layer.weight.detach(), layer.bias
+        w_ref = weight.clone().requires_grad_(True)
+        b_ref = layer_bias.detach().clone().requires_grad_(True) if bias else None
         want = _bitlinear_reference(x_ref, w_ref, b_ref, ternary)
         hint = f"y = F.linear(Q8(LN(x)), Q_{kind}(W)) + bias, LN without affine parameters, per-token absmax"
         plain_codes, plain_step = ref.quantize_activations(x.detach())
-        w_codes, w_scale = (ref.ternarize if ternary else _binarize_reference)(layer.weight.detach())
-        skipped_ln = F.linear(plain_codes * plain_step, w_codes * w_scale, layer.bias)
-        if out.shape == skipped_ln.shape and torch.allclose(out, skipped_ln, atol=1e-4):
+        w_codes, w_scale = (ref.ternarize if ternary else _binarize_reference)(weight)
+        skipped_ln = F.linear(plain_codes * plain_step, w_codes * w_scale, layer_bias)
+        if isinstance(out, torch.Tensor) and out.shape == skipped_ln.shape and torch.allclose(out, skipped_ln, atol=1e-4):
             hint = "normalize first: the paper puts a LayerNorm (no affine) before the absmax quantization"
         assert_close(out, want, atol=1e-5, rtol=1e-4, name=f"{label}: output", hint=hint)
-        require(out.requires_grad, f"{label}: the output does not depend differentiably on the weight or the input\n"
-                                   "  hint: rounding has zero gradient; use the straight-through estimator "
-                                   "w + (w_q - w).detach() for the weight and likewise for x")
-        upstream = torch.randn(out.shape, generator=gen)
-        out.backward(upstream)
+        require(seen["requires_grad"], f"{label}: the output does not depend differentiably on the weight or the input\n"
+                                       "  hint: rounding has zero gradient; use the straight-through estimator "
+                                       "w + (w_q - w).detach() for the weight and likewise for x")
         want.backward(upstream)
-        require(layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0,
+        weight_grad, x_grad = seen["grads"]["weight"], seen["x_grad"]
+        require(weight_grad is not None and weight_grad.abs().sum() > 0,
                 f"{label}: no gradient reached the latent weight\n  hint: rounding has zero gradient; use the "
                 "straight-through estimator w + (w_q - w).detach() (likewise for x)")
-        require(x.grad is not None and x.grad.abs().sum() > 0, f"{label}: no gradient reached the input x (STE on x too)")
+        require(x_grad is not None and x_grad.abs().sum() > 0, f"{label}: no gradient reached the input x (STE on x too)")
         # gradients through LayerNorm and the identity STE, float32: atol/rtol 1e-4
-        assert_close(layer.weight.grad, w_ref.grad, atol=1e-4, rtol=1e-4, name=f"{label}: weight.grad",
+        assert_close(weight_grad, w_ref.grad, atol=1e-4, rtol=1e-4, name=f"{label}: weight.grad",
                      hint="straight-through: the gradient of W_q is passed to W unchanged")
-        assert_close(x.grad, x_ref.grad, atol=1e-4, rtol=1e-4, name=f"{label}: x.grad",
+        assert_close(x_grad, x_ref.grad, atol=1e-4, rtol=1e-4, name=f"{label}: x.grad",
                      hint="straight-through on the activations, and the LayerNorm's own gradient before it")
     return "5 layers, binary and ternary, with and without bias: outputs and STE gradients"
 

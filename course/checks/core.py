@@ -131,6 +131,48 @@ def beside(value, learner_code):
     return value if proxy is None else proxy._channel.observe(_kernel_copy, (value,), {})
 
 
+@observation
+def set_parameter(module, name: str, values) -> None:
+    """``module.<name>.copy_(values)`` without autograd, in whichever process the module lives."""
+    with torch.no_grad():
+        module.get_parameter(name).copy_(values)
+
+
+@observation
+def square_sum_grads(module, x, names) -> dict:
+    """Backpropagate ``module(x).square().sum()``; return the ``.grad`` of each named parameter."""
+    module(x).square().sum().backward()
+    params = dict(module.named_parameters())
+    return {n: params[n].grad if n in params else None for n in names}
+
+
+@observation
+def seeded_call(module, seed: int, *args):
+    """``module(*args)`` right after ``torch.manual_seed(seed)`` (dropout masks the check can redo)."""
+    torch.manual_seed(seed)
+    return module(*args)
+
+
+@observation
+def is_instance(value, cls) -> bool:
+    """``isinstance(value, cls)``, asked where ``value`` lives."""
+    return isinstance(value, cls)
+
+
+@observation
+def forward_backward(module, x, upstream, names=("weight",)) -> dict:
+    """``out = module(x)`` with ``x`` requiring grad, then ``out.backward(upstream)`` when the shapes
+    allow; returns ``out``, whether it required grad, ``x.grad`` and the named parameters' grads."""
+    x = x.detach().clone().requires_grad_(True)
+    out = module(x)
+    differentiable = isinstance(out, torch.Tensor) and out.requires_grad
+    if differentiable and out.shape == upstream.shape:
+        out.backward(upstream)
+    params = dict(module.named_parameters())
+    return {"out": out.detach() if isinstance(out, torch.Tensor) else out, "requires_grad": differentiable,
+            "x_grad": x.grad, "grads": {n: params[n].grad if n in params else None for n in names}}
+
+
 def kind(value) -> str:
     """The class name of ``value``; for a proxy of the learner's object, the name of its class."""
     from ..grading import remote

@@ -257,7 +257,8 @@ class Channel:
                   "len": lambda: len(target), "bool": lambda: bool(target), "float": lambda: float(target),
                   "int": lambda: int(target), "index": lambda: target.__index__(),
                   "contains": lambda: args[0] in target, "iter": lambda: iter(target),
-                  "next": lambda: next(target), "repr": lambda: repr(target)[:300]}
+                  "next": lambda: next(target), "repr": lambda: repr(target)[:300],
+                  "isinstance": lambda: isinstance(args[0], target), "issubclass": lambda: issubclass(args[0], target)}
         if op not in simple:
             raise WireError(f"unknown request {op[:30]!r}")
         result = simple[op]()

@@ -1,9 +1,10 @@
-"""Code the grader runs *inside* the submission's kernel to run each exercise's check.
+"""Code that runs checks *inside* a kernel: for the meta-test (``python -m course verify``, which
+runs the course's own solutions, not submissions) and, in grading, only for a check a module still
+lists in ``NOT_JUDGED``, whose result the report marks as not tamper-proof. Grading otherwise never
+reads a verdict from the kernel: see :mod:`course.grading.judge`.
 
-The grader does not trust the submission's own check cells (they may be edited or deleted): it
-runs the solution's check source against the learner's namespace, with the check module bound
-to ``check`` afresh, stdout captured, and a time limit. Results go to a JSON file, not stdout, so
-whatever the notebook prints cannot be mistaken for a result.
+It runs the solution's check source against the namespace, with the check module bound to
+``check`` afresh, stdout captured, and a time limit. Results go to a JSON file, not stdout.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def _write(path: str, results) -> None:
 
 
 def grade_checks(check_module: str, exercises: list[dict], out_path: str, timeout: float) -> None:
-    """Grade mode: run every exercise's check against the learner's namespace."""
+    """Grade mode, only for checks a module lists in ``NOT_JUDGED`` (not yet ported to the judge,
+    course.grading.judge): the grader labels these results as not tamper-proof."""
     module = importlib.import_module(check_module)
     namespace = _user_namespace()
     results = {}

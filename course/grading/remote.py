@@ -18,6 +18,7 @@ its own objects, so code that fills an output buffer works across the wire.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import io
 import json
@@ -165,6 +166,12 @@ class Remote:
 
     def __next__(self):
         return self._ask("next")
+
+    def __instancecheck__(self, value):  # isinstance(x, ProxyOfALearnerClass), asked where it lives
+        return _plain(self._ask("isinstance", value), bool, "isinstance()")
+
+    def __subclasscheck__(self, value):
+        return _plain(self._ask("issubclass", value), bool, "issubclass()")
 
     def __eq__(self, other):
         return isinstance(other, Remote) and other._channel is self._channel and other._id == self._id
@@ -325,6 +332,9 @@ class Codec:
                 return {"t": "ndarray", "dtype": value.dtype.str, "shape": list(value.shape), "b": len(blobs) - 1}
             if isinstance(value, np.generic) and value.dtype.kind in _NUMPY_KINDS:
                 return enc(value.item())
+        if _course_dataclass(kind):  # a course record (a chat Message, a ChatResult ...): by value
+            return {"t": "record", "module": kind.__module__, "name": kind.__qualname__,
+                    "v": enc({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})}
         if kind is Remote:
             if value._channel is not self.channel:
                 raise WireError("a proxy from another connection")
@@ -462,6 +472,16 @@ class Codec:
                 return np.frombuffer(blob(node), dtype=dtype).reshape(shape).copy()
             except (TypeError, ValueError) as error:
                 raise WireError(f"bad array: {error}") from None
+        if t == "record":
+            cls = _import_course_class(_str(node.get("module")), _str(node.get("name")))
+            values = dec(node.get("v"))
+            names = [f.name for f in dataclasses.fields(cls)] if cls is not None else None
+            if names is None or not isinstance(values, dict) or sorted(values) != sorted(names):
+                raise WireError(f"not a course record: {str(node.get('name'))[:80]}")
+            record = object.__new__(cls)  # no __init__ runs: the fields are set as they came
+            for name in names:
+                object.__setattr__(record, name, values[name])
+            return record
         if t == "ref":
             return self.channel.exported(node.get("id"))
         if t == "obj":
@@ -480,6 +500,24 @@ class Codec:
                 raise WireError("refusing to unpickle a value from the other side")
             return _KernelUnpickler(io.BytesIO(blob(node)), self.channel).load()
         raise WireError(f"unknown value tag {t[:30]!r}")
+
+
+def _course_dataclass(kind) -> bool:
+    return (dataclasses.is_dataclass(kind) and isinstance(kind, type) and kind.__module__.startswith("course.")
+            and not hasattr(kind, "__slots__"))
+
+
+def _import_course_class(module: str, qualname: str):
+    """A dataclass of the course named by the other side, or None (nothing else is imported)."""
+    if not module.startswith("course.") or "__" in qualname:
+        return None
+    try:
+        obj = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return obj if _course_dataclass(obj) else None
 
 
 def _list(v):
