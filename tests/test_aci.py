@@ -173,3 +173,145 @@ def test_interfaces_validate_their_arguments(workspace):
         aci.Workspace("/no/such/dir")
     with pytest.raises(ValueError, match="files"):
         aci.Workspace.from_files({})
+
+
+# --- execute never raises: every failure is an observation the agent reads ------------------------
+
+
+@pytest.mark.parametrize("command, says", [
+    ("grep -n ( pkg/mod.py", "invalid regular expression"),
+    ("grep -rn 'f(x' .", "Escape the special characters"),
+    ("sed -i 's/(/x/' pkg/mod.py", "invalid regular expression"),
+    ("sed -i 's/x/\\9/' pkg/mod.py", "invalid regular expression"),
+    ("ls pkg/mod.py/x", "Error:"),
+    ("cat > pkg/mod.py/new.py << EOF\nx\nEOF", "not a directory"),
+    ("sed -n 0,3p pkg/mod.py", "line numbers start at 1"),
+    ("sed -n -1,3p pkg/mod.py", "usage: sed -n"),
+    ("cat 'unclosed", "could not parse"),
+    ("cat " + "a" * 5000, "Error:"),
+    ("grep -n " + "x" * 20000 + " pkg/mod.py", "the limit is 10000"),
+    ("ls nowhere", "no file or directory"),
+])
+def test_shell_turns_every_failure_into_an_observation(workspace, command, says):
+    out = aci.Shell(workspace).execute(command)
+    assert isinstance(out, str) and says in out, out
+    assert workspace.read("pkg/mod.py") == FILES["pkg/mod.py"]  # a failed command changes nothing
+
+
+def test_shell_ls_of_a_file_names_it_and_grep_reports_binary_files(workspace):
+    shell = aci.Shell(workspace)
+    assert shell.execute("ls pkg/mod.py") == "pkg/mod.py"
+    (workspace.root / "blob.bin").write_bytes(b"\xff\xfe return \x00\x01")
+    out = shell.execute("grep -rn return .")
+    assert "Binary file ./blob.bin matches" in out and "./pkg/mod.py:3:    return y" in out
+
+
+@pytest.mark.parametrize("command", ["goto -5", "goto " + "9" * 5000, "open pkg/mod.py " + "9" * 40,
+                                     "edit 99999999999999999999:1\nx\nend_of_edit", "search_file ( pkg/mod.py",
+                                     "find_file [ pkg", "open pkg/mod.py/x", "search_dir x pkg/mod.py"])
+def test_aci_turns_every_failure_into_an_observation(workspace, command):
+    interface = aci.ACI(workspace)
+    interface.execute("open pkg/mod.py")
+    out = interface.execute(command)
+    assert isinstance(out, str) and out
+
+
+def test_describe_error_says_what_went_wrong_for_any_exception():
+    import re
+    try:
+        re.compile("(")
+    except re.error as error:
+        assert "missing )" in aci.describe_error(error)
+    assert aci.describe_error(NotADirectoryError(20, "Not a directory", "a/b")).startswith("Error: a path component")
+    assert aci.describe_error(KeyError("x")).startswith("Error: the command failed (KeyError")
+    assert aci.describe_error(aci.OutsideWorkspace("'..' is outside")).startswith("Refused:")
+
+
+def _fuzz_commands(rng, count):
+    """Random and adversarial command lines: the grammar's pieces, broken and recombined."""
+    names = ["open", "goto", "scroll_down", "scroll_up", "find_file", "search_file", "search_dir", "edit",
+             "run_tests", "submit", "ls", "cat", "grep", "sed", "rm", "cd", "python", "", "end_of_edit"]
+    paths = [".", "..", "../secret.txt", "/etc/passwd", "/", "/proc/self/environ", "/dev/zero", "link_out",
+             "dir_out", "dir_out/secret.txt", "pkg", "pkg/mod.py", "pkg/mod.py/x", "link_in", "../ws-evil/x",
+             "blob.bin", "new/deep/file.py", "a/" * 300 + "x", "x" * 300, "~", "$HOME/x", "*", "-rf", "pkg/./../..",
+             "\x00", "caf\u00e9", "\udcff", "tests/test_mod.py", str(os.sep * 3) + "tmp"]
+    numbers = ["0", "-1", "1", "2", "3", "-999999", "9" * 30, "9" * 5000, "1e9", "nan", "3:2", "1:0", "2:3", "0:0"]
+    regexes = ["(", ")", "[", "*", "+?", "\\", "a{99999}", "(?P<", "\\g<1>", "$", "^", "f(x", "[^]", "x|", "(?=",
+               "return", "def", ".*", "\\d+", "(a|b)*c", "\\1"]
+    junk = ["'", '"', "\\", "<<", ">", "|", ";", "&&", "`", "$(", "\n", "\t", "\x1b[2J", "\xff", "\u202e"]
+    out = []
+    for _ in range(count):
+        kind = rng.random()
+        if kind < 0.05:
+            out.append(rng.choice(["", " ", "\n\n", "   \t", None, 42, b"ls"]))
+            continue
+        if kind < 0.08:
+            out.append(rng.choice(names) + " " + rng.choice(["x", "(", "'", "9"]) * rng.randint(1000, 30000))
+            continue
+        if kind < 0.18:  # here-documents and edits, with and without their end lines
+            target = rng.choice(paths)
+            body = "\n".join(rng.choice(["x = 1", "  bad", "EOF", "end_of_edit", "", rng.choice(junk)])
+                             for _ in range(rng.randint(0, 5)))
+            if rng.random() < 0.5:
+                out.append(f"cat > {target} << {rng.choice(['EOF', chr(39) + 'EOF' + chr(39), 'X'])}\n{body}")
+            else:
+                out.append(f"edit {rng.choice(numbers)}:{rng.choice(numbers)}\n{body}")
+            continue
+        words = [rng.choice(names)]
+        if words[0] == "grep":
+            words.append(rng.choice(["-n", "-rn", "-x", ""]))
+        if words[0] == "sed":
+            flag = rng.choice(["-n", "-i", ""])
+            words += [flag, rng.choice([f"{rng.choice(numbers)},{rng.choice(numbers)}p",
+                                        f"'s/{rng.choice(regexes)}/{rng.choice(regexes)}/{rng.choice(['', 'g'])}'",
+                                        "s/a/b", rng.choice(regexes)])]
+        for _ in range(rng.randint(0, 3)):
+            pool = rng.choice([paths, numbers, regexes, junk])
+            words.append(rng.choice(pool))
+        line = " ".join(words)
+        if rng.random() < 0.2:  # binary and control bytes anywhere
+            i = rng.randint(0, len(line))
+            line = line[:i] + "".join(chr(rng.randint(0, 255)) for _ in range(rng.randint(1, 8))) + line[i:]
+        out.append(line)
+    return out
+
+
+def _snapshot(folder):
+    return {str(p): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_fuzz_execute_never_raises_and_stays_inside_the_workspace(tmp_path):
+    """A few thousand random and adversarial command lines (fixed seed, a few seconds): each observation
+    is a str, nothing outside the workspace changes, and no outside file's text reaches an observation."""
+    import random
+    import time
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("TOPSECRET-7f3a\n")
+    root = tmp_path / "ws"
+    ws = aci.Workspace.from_files(FILES, root=root)
+    (root / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    os.symlink(outside / "secret.txt", root / "link_out")
+    os.symlink(outside, root / "dir_out")
+    os.symlink(outside / "made-by-agent.txt", root / "dangling_out")
+    os.symlink(root / "pkg" / "mod.py", root / "link_in")
+    (tmp_path / "ws-evil").mkdir()
+    before = _snapshot(tmp_path / "outside"), _snapshot(tmp_path / "ws-evil"), sorted(os.listdir(tmp_path))
+    passwd = open("/etc/passwd", "rb").read()
+    rng = random.Random(20240611)
+    commands = _fuzz_commands(rng, 3000)
+    interfaces = [aci.ACI(ws, timeout_s=2.0, max_output_chars=500), aci.Shell(ws, timeout_s=2.0)]
+    start = time.perf_counter()
+    for i, command in enumerate(commands):
+        if isinstance(command, str) and command.strip().startswith("run_tests"):
+            continue  # a sandboxed process per call: tested on its own
+        interface = interfaces[i % 2]
+        out = interface.execute(command)
+        assert isinstance(out, str), (command, out)
+        assert "TOPSECRET" not in out and "root:x:0:0" not in out, command
+    assert time.perf_counter() - start < 60
+    after = _snapshot(tmp_path / "outside"), _snapshot(tmp_path / "ws-evil"), sorted(os.listdir(tmp_path))
+    assert after == before
+    assert open("/etc/passwd", "rb").read() == passwd
+    assert not (outside / "made-by-agent.txt").exists()

@@ -9,6 +9,11 @@ workspace (``find_file``, ``search_dir``, ``grep -rn``) stop at the same deadlin
 touch one file. (A pathological regular expression given to the shell's ``grep`` runs inside ``re``
 and is not interrupted: run an untrusted agent's shell in a separate process if that matters.)
 
+``execute`` never raises for a command line, whatever it holds (unbalanced quotes, a bad regular
+expression, a file where a directory should be, huge or negative numbers, binary bytes): every
+failure comes back as an observation, ``Refused: ...``, ``Timed out: ...`` or ``Error: ...``,
+saying what went wrong and how to fix the command (:func:`describe_error`).
+
 :class:`ACI` offers SWE-agent's commands::
 
     open PATH [LINE]         show a window of WINDOW numbered lines of PATH around LINE
@@ -77,6 +82,45 @@ def resolve_inside(root: str | Path, path: str | Path) -> Path:
         raise OutsideWorkspace(f"{str(path)!r} is outside the workspace (it resolves to {real}); "
                                "commands may only touch files inside it")
     return Path(real)
+
+
+def describe_error(error: BaseException) -> str:
+    """The observation for a command that failed: what went wrong and how to fix the command.
+
+    ``Refused:`` for a path outside the workspace, ``Timed out:`` for a command past its limit,
+    ``Error:`` for everything else (a bad regular expression, a file that is not a directory, an
+    argument out of range, a file that is not text, a name the file system will not take...).
+    """
+    if isinstance(error, OutsideWorkspace):
+        return f"Refused: {error}"
+    if isinstance(error, CommandTimeout):
+        return f"Timed out: {error}"
+    if isinstance(error, re.error):
+        where = f" at position {error.pos}" if error.pos is not None else ""
+        return (f"Error: invalid regular expression {error.pattern!r}: {error.msg}{where}. Escape the special "
+                "characters . ^ $ * + ? ( ) [ ] { } | \\ with a backslash to match them literally (grep -n "
+                "'f\\(x\\)' FILE), or use search_file/search_dir, which match plain text")
+    if isinstance(error, (FileNotFoundError, IsADirectoryError, ValueError, TypeError)):
+        return f"Error: {error}"  # UnicodeDecodeError and UnicodeEncodeError are ValueErrors
+    if isinstance(error, NotADirectoryError):
+        return (f"Error: a path component is a file, not a directory ({_os_error_path(error)}); "
+                "give a directory that exists in the workspace (ls shows them)")
+    if isinstance(error, FileExistsError):
+        return f"Error: {_os_error_path(error)} already exists and is not a directory; pick another path"
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error)
+        return f"Error: the file system refused the command ({reason}: {_os_error_path(error)}); check the path"
+    if isinstance(error, RecursionError):
+        return "Error: the command is nested too deeply to process (a regular expression?); simplify it"
+    if isinstance(error, (MemoryError, OverflowError)):
+        return f"Error: the command asks for too much ({type(error).__name__}); use smaller numbers or a narrower search"
+    return (f"Error: the command failed ({type(error).__name__}: {error}); check it against the list of "
+            "commands and try again")
+
+
+def _os_error_path(error: OSError) -> str:
+    name = error.filename if error.filename is not None else "?"
+    return repr(os.fsdecode(name) if isinstance(name, (bytes, str)) else str(name))[:300]
 
 
 TEST_RUNNER = r'''
@@ -342,12 +386,9 @@ class _Interface:
         try:
             out = self._dispatch(command.strip("\n"))
             return self._cut(out) if cut else out
-        except OutsideWorkspace as error:
-            return f"Refused: {error}"
-        except CommandTimeout as error:
-            return f"Timed out: {error}"
-        except (FileNotFoundError, IsADirectoryError, ValueError, TypeError, UnicodeDecodeError) as error:
-            return f"Error: {error}"
+        except Exception as error:  # noqa: BLE001  (the agent reads every failure; nothing reaches the caller)
+            message = describe_error(error)
+            return self._cut(message) if cut else message
 
     def _dispatch(self, command: str) -> str:
         raise NotImplementedError
@@ -503,8 +544,14 @@ def apply_edit(source: str, start: int, end: int, replacement: str) -> str:
     return "".join(lines[:start - 1] + new_lines + lines[end:])
 
 
+MAX_COMMAND_LINE = 10_000  # characters on a command's first line
+
+
 def _split_command(line: str) -> tuple[str, list[str]]:
     """A command line as (name, arguments), split the way a shell would; clear errors otherwise."""
+    if len(line) > MAX_COMMAND_LINE:
+        raise ValueError(f"the command line is {len(line)} characters long; the limit is {MAX_COMMAND_LINE} "
+                         "(put long text in a file with edit or a here-document, not on the command line)")
     try:
         words = shlex.split(line)
     except ValueError as error:
@@ -538,36 +585,51 @@ class Shell(_Interface):
             return ""
         name, args = _split_command(first)
         ws = self.workspace
-        if name == "ls":
+        if name == "ls" and len(args) <= 1:
             base = ws.resolve(args[0] if args else ".")
+            if not base.exists():
+                raise FileNotFoundError(f"ls: no file or directory {args[0]!r} in the workspace")
+            if not base.is_dir():
+                return args[0]  # ls FILE names the file, as a shell's does
             return "\n".join(sorted(p.name + ("/" if p.is_dir() else "") for p in base.iterdir()
                                     if not p.name.startswith(".")))
         if name == "cat" and len(args) == 1:
             return ws.read(args[0])
         if name == "grep" and args[:1] == ["-n"] and len(args) == 3:
+            pattern = re.compile(args[1])
             return "\n".join(f"{i}:{line}" for i, line in enumerate(ws.read(args[2]).splitlines(), 1)
-                             if re.search(args[1], line))
+                             if pattern.search(line))
         if name == "grep" and args[:1] == ["-rn"] and len(args) in (2, 3):
-            out = []
+            pattern, out = re.compile(args[1]), []
             for rel in ws.files(args[2] if len(args) == 3 else "."):
                 self._tick()
-                for i, line in enumerate(ws.read(rel).splitlines(), 1):
-                    if re.search(args[1], line):
+                try:
+                    text = ws.read(rel)
+                except UnicodeDecodeError:  # a binary file: grep says so instead of printing it
+                    if pattern.search(ws.resolve(rel).read_bytes().decode("latin-1")):
+                        out.append(f"Binary file ./{rel} matches")
+                    continue
+                for i, line in enumerate(text.splitlines(), 1):
+                    if pattern.search(line):
                         out.append(f"./{rel}:{i}:{line}")
             return "\n".join(out)
         if name == "sed" and args[:1] == ["-n"] and len(args) == 3:
             match = re.fullmatch(r"(\d+),(\d+)p", args[1])
             if not match:
-                raise ValueError("usage: sed -n A,Bp FILE")
+                raise ValueError("usage: sed -n A,Bp FILE (A and B are line numbers, 1 or more)")
+            first_line, last_line = int(match[1]), int(match[2])
+            if first_line < 1:
+                raise ValueError("sed -n A,Bp: line numbers start at 1")
             lines = ws.read(args[2]).splitlines()
-            return "\n".join(lines[int(match[1]) - 1:int(match[2])])
+            return "\n".join(lines[first_line - 1:max(first_line, last_line)])
         if name == "sed" and args[:1] == ["-i"] and len(args) == 3:
             match = re.fullmatch(r"s/((?:[^/\\]|\\.)*)/((?:[^/\\]|\\.)*)/(g?)", args[1])
             if not match:
                 raise ValueError("usage: sed -i 's/OLD/NEW/' FILE")
             old, new = match[1].replace("\\/", "/"), match[2].replace("\\/", "/")
+            pattern = re.compile(old)
             lines = ws.read(args[2]).split("\n")
-            lines = [re.sub(old, new, line, count=0 if match[3] else 1) for line in lines]
+            lines = [pattern.sub(new, line, count=0 if match[3] else 1) for line in lines]
             ws.write(args[2], "\n".join(lines))
             return ""  # sed is silent, whether or not anything matched
         if name == "run_tests" and not args:
