@@ -221,10 +221,12 @@ def test_train_grpo_script_writes_both_csvs(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "grpo.csv"
-    subprocess.run([sys.executable, str(root / "scripts" / "train_grpo.py"), "--sft-steps", "5", "--steps", "2",
-                    "--eval-every", "1", "--out", str(out)], check=True, cwd=root, timeout=120,
+    subprocess.run([sys.executable, str(root / "scripts" / "train_grpo.py"), "--seeds", "0,1", "--sft-steps", "5",
+                    "--steps", "2", "--eval-every", "1", "--out", str(out)], check=True, cwd=root, timeout=120,
                    env={**os.environ, "COURSE_HEADLESS": "1", "COURSE_THREADS": "1"})
     curve, tags = bench.load_csv(out)
     passk, _ = bench.load_csv(tmp_path / "grpo_passk.csv")
-    assert [r["step"] for r in curve] == [0, 1, 2] and "sft_steps=5" in tags["config"]
-    assert {(r["model"], r["k"]) for r in passk} == {(m, k) for m in ("sft", "grpo") for k in (1, 2, 4, 8, 16)}
+    assert [(r["seed"], r["step"]) for r in curve] == [(s, t) for s in (0, 1) for t in (0, 1, 2)]
+    assert "sft_steps=5" in tags["config"] and tags["seeds"] == "0,1" and "cpu_model" in tags
+    assert {(r["seed"], r["model"], r["k"]) for r in passk} == {
+        (s, m, k) for s in (0, 1) for m in ("sft", "grpo") for k in (1, 2, 4, 8, 16)}
