@@ -15,6 +15,7 @@ NBVAL     := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanit
 # path, oneDNN held to SSE4.1 and two torch threads. Each changes float summation order, as another
 # processor would (checked: a 257x513 @ 513x129 matmul and a softmax come out with other bits), so a
 # stored output that only this machine reproduces fails here, not on a learner's or CI's machine.
+# (conftest.py sets OMP_WAIT_POLICY=PASSIVE: 2 threads per notebook must not spin on 2 shared cores)
 ALT_NUMERICS := ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=SSE41 COURSE_THREADS=2
 
 .PHONY: setup lab test test-portable test-fast notebooks grade clean
