@@ -27,17 +27,40 @@ What the sandbox does (and how):
 * The environment is rebuilt from scratch (``HOME`` and ``TMPDIR`` point into the working
   directory; no variables of yours leak in) and ``PYTHONHASHSEED=0`` makes runs repeatable.
 
+Behind the hook, kernel-enforced layers (:data:`LAYERS`; applied by the child, through ``ctypes``,
+before the hook and the code; each is tried, and :attr:`ExecResult.isolation` and
+:func:`isolation_layers` say which are active here and why any is not):
+
+* ``network``: a new network namespace (no interfaces; a user namespace too when not root).
+* ``capabilities``: ``no_new_privs`` set and every capability dropped, so root keeps its uid but
+  not its powers (no mounts, device nodes, clock, reboot, raw I/O).
+* ``landlock`` (Linux 5.13+, unprivileged): creating, writing, truncating, renaming, linking and
+  deleting files is refused everywhere but beneath the working directory (and ``/dev/null``);
+  device nodes cannot be made even inside; ``execve`` is refused; from ABI 4 TCP connect and bind,
+  from ABI 6 signals and abstract unix sockets outside the sandbox. This holds for anything in the
+  process: native code, ``sqlite3``, ``readline``, ``/proc/self/...`` paths, symlinks, ``dir_fd``.
+* ``seccomp`` (x86_64 and aarch64): ``fork``, ``vfork``, ``clone`` without ``CLONE_THREAD``
+  (``clone3`` answers ENOSYS so glibc uses ``clone``), ``execve``, signals to any process but itself,
+  and the mount, namespace, ptrace, bpf, module, kexec, keyring and io_uring calls fail with EPERM.
+  Threads work. So no process can be started, by any route (``_posixsubprocess`` re-imported,
+  ``ctypes`` calling libc, ``multiprocessing``).
+
+Set ``COURSE_SANDBOX_REQUIRE=all`` (or a comma list of layers) to make a run stop, ``blocked``,
+where a layer is unavailable instead of falling back on the hook. docs/sandbox.md has the threat model.
+
 What it does **not** do, plainly:
 
 * It does not stop *reading*: code can read any file your user can read (the standard library
   needs that), and print it.
-* Audit hooks are not a security boundary. PEP 578 says so: code that sets out to escape (by
-  corrupting interpreter memory, say) can. This sandbox keeps a well-meaning model's mistakes
-  (a stray ``open('/home/you/x', 'w')``, ``shutil.rmtree('..')``, an infinite loop, a 10 GB list)
-  from hurting your machine; for adversarial code use an OS sandbox (a container or VM with no
-  network and a read-only file system, bubblewrap, nsjail).
-* ``RLIMIT_NPROC`` is not set (it is per user and does not bind root); since process creation is
-  refused by the hook, it is not needed for well-meaning code.
+* Where the kernel layers are unavailable (no Landlock, seccomp refused, another architecture),
+  only the audit hook stands, and audit hooks are not a security boundary: PEP 578 says so, and
+  code that sets out to escape (by corrupting interpreter memory, say) can. The hook keeps a
+  well-meaning model's mistakes (a stray ``open('/home/you/x', 'w')``, ``shutil.rmtree('..')``)
+  from hurting your machine and gives clear messages; the kernel layers hold against code that
+  tries. Neither is a VM: a kernel bug is out of scope.
+* There is no mount or PID namespace: files stay visible read-only, and with process creation
+  refused there are no children to contain. ``RLIMIT_NPROC`` is not set (it is per user and does
+  not bind root).
 """
 
 from __future__ import annotations
@@ -59,11 +82,178 @@ _mem, _fsize, _cpu = (int(x) for x in sys.argv[1:4])
 with open(sys.argv[4], encoding="utf-8") as _f:  # the code, read before the hook is installed
     _source = _f.read()
 del _f
+_ROOT = os.path.realpath(os.getcwd())
+# ---- OS layers (kernel-enforced), applied before the audit hook; see the module docstring ----
+def _apply_layers(root, wanted, required, status_path):
+    import ctypes, errno, platform, struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    machine = platform.machine()
+    nr = {"x86_64": dict(landlock_create_ruleset=444, landlock_add_rule=445, landlock_restrict_self=446,
+                         unshare=272, capset=126),
+          "aarch64": dict(landlock_create_ruleset=444, landlock_add_rule=445, landlock_restrict_self=446,
+                          unshare=97, capset=91)}.get(machine)
+    layers = {}
+    status = open(status_path, "w", encoding="utf-8")  # opened before Landlock closes the folder to writes
+
+    def fail(name, why):
+        layers[name] = "unavailable: " + why
+
+    def err():
+        e = ctypes.get_errno()
+        return f"{errno.errorcode.get(e, e)} ({os.strerror(e)})"
+
+    if nr is None:
+        for name in ("network", "capabilities", "landlock", "seccomp"):
+            if name in wanted:
+                fail(name, f"no syscall table for {machine}")
+    # 1. network namespace: no interfaces but a loopback that is down
+    if nr and "network" in wanted:
+        CLONE_NEWNET, CLONE_NEWUSER = 0x40000000, 0x10000000
+        if libc.syscall(nr["unshare"], CLONE_NEWNET) == 0:
+            layers["network"] = "active: a new network namespace (no interfaces)"
+        else:
+            first = err()
+            uid, gid = os.getuid(), os.getgid()
+            if libc.syscall(nr["unshare"], CLONE_NEWNET | CLONE_NEWUSER) == 0:
+                try:
+                    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+                        with open(f"/proc/self/{name}", "w") as f:
+                            f.write(text)
+                    layers["network"] = "active: a new user and network namespace (no interfaces)"
+                except OSError as e:
+                    layers["network"] = f"active: a new user and network namespace (no interfaces; id maps not written: {e})"
+            else:
+                fail("network", f"unshare(CLONE_NEWNET) refused: {first}; with a user namespace: {err()}")
+    # 2. no new privileges (Landlock and seccomp need it; setuid programs stop working), then drop capabilities
+    if nr and ({"landlock", "seccomp", "capabilities"} & set(wanted)):
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    if nr and "capabilities" in wanted:
+        for cap in range(64):
+            libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP (fails harmlessly without CAP_SETPCAP or past the last)
+        header = struct.pack("Ii", 0x20080522, 0)
+        data = ctypes.create_string_buffer(24)  # two zeroed {effective, permitted, inheritable}
+        if libc.syscall(nr["capset"], ctypes.c_char_p(header), data) == 0:
+            layers["capabilities"] = "active: every capability dropped (root keeps its uid, not its powers)"
+        else:
+            fail("capabilities", f"capset refused: {err()}")
+    # 3. Landlock: writes (create, delete, rename, truncate, write) only beneath the workspace and to /dev/null
+    if nr and "landlock" in wanted:
+        abi = libc.syscall(nr["landlock_create_ruleset"], None, 0, 1)
+        if abi < 1:
+            fail("landlock", f"the kernel has no Landlock: {err()}")
+        else:
+            WRITE_FILE, TRUNCATE, IOCTL_DEV, EXECUTE = 1 << 1, 1 << 14, 1 << 15, 1 << 0
+            writes = sum(1 << b for b in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12)) | ((1 << 13) if abi >= 2 else 0) \
+                | (TRUNCATE if abi >= 3 else 0) | (IOCTL_DEV if abi >= 5 else 0)
+            handled = writes | EXECUTE
+            net = 0b11 if abi >= 4 else 0  # TCP bind and connect, no port allowed
+            scoped = 0b11 if abi >= 6 else 0  # signals and abstract unix sockets stay inside the domain
+            attr = struct.pack("QQQ", handled, net, scoped) if abi >= 6 else struct.pack("QQ", handled, net) \
+                if abi >= 4 else struct.pack("Q", handled)
+            ruleset = libc.syscall(nr["landlock_create_ruleset"], ctypes.c_char_p(attr), len(attr), 0)
+            if ruleset < 0:
+                fail("landlock", f"landlock_create_ruleset refused: {err()}")
+            else:
+                ok, why = True, ""
+                in_workspace = writes & ~((1 << 6) | (1 << 11))  # no device nodes, even inside
+                for path, allowed in ((root, in_workspace), ("/dev/null", WRITE_FILE | (TRUNCATE if abi >= 3 else 0))):
+                    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                    rule = struct.pack("=Qi", allowed, fd)
+                    if libc.syscall(nr["landlock_add_rule"], ruleset, 1, ctypes.c_char_p(rule), 0) != 0:
+                        ok, why = False, f"landlock_add_rule({path}) refused: {err()}"
+                    os.close(fd)
+                if ok and libc.syscall(nr["landlock_restrict_self"], ruleset, 0) != 0:
+                    ok, why = False, f"landlock_restrict_self refused: {err()}"
+                os.close(ruleset)
+                if ok:
+                    layers["landlock"] = (f"active: Landlock ABI {abi}: writes only beneath the workspace and to "
+                                          "/dev/null, no execve" + ("; no TCP bind/connect" if net else "")
+                                          + ("; no signals or abstract sockets outside" if scoped else ""))
+                else:
+                    fail("landlock", why)
+    # 4. seccomp: no new process (fork, vfork, clone without CLONE_THREAD, execve), no signals to others,
+    #    no namespace, mount, ptrace, module, kexec, bpf, keyring or io_uring calls
+    if nr and "seccomp" in wanted:
+        pid = os.getpid()
+        if machine == "x86_64":
+            arch, deny = 0xC000003E, dict(fork=57, vfork=58, execve=59, execveat=322, ptrace=101, tkill=200,
+                process_vm_readv=310, process_vm_writev=311, mount=165, umount2=166, pivot_root=155, chroot=161,
+                unshare=272, setns=308, bpf=321, keyctl=250, add_key=248, request_key=249, perf_event_open=298,
+                userfaultfd=323, init_module=175, finit_module=313, delete_module=176, kexec_load=246,
+                kexec_file_load=320, open_by_handle_at=304, reboot=169, rt_sigqueueinfo=129,
+                rt_tgsigqueueinfo=297, iopl=172, ioperm=173, swapon=167, swapoff=168)
+            clone, kill, tgkill = 56, 62, 234
+        else:
+            arch, deny = 0xC00000B7, dict(execve=221, execveat=281, ptrace=117, tkill=130, process_vm_readv=270,
+                process_vm_writev=271, mount=40, umount2=39, pivot_root=41, chroot=51, unshare=97, setns=268,
+                bpf=280, keyctl=219, add_key=217, request_key=218, perf_event_open=241, userfaultfd=282,
+                init_module=105, finit_module=273, delete_module=106, kexec_load=104, kexec_file_load=294,
+                open_by_handle_at=265, reboot=142, rt_sigqueueinfo=138, rt_tgsigqueueinfo=240, swapon=224,
+                swapoff=225)
+            clone, kill, tgkill = 220, 129, 131
+        common = dict(pidfd_send_signal=424, io_uring_setup=425, io_uring_enter=426, io_uring_register=427,
+                      open_tree=428, move_mount=429, fsopen=430, fsconfig=431, fsmount=432, fspick=433,
+                      mount_setattr=442)
+        ALLOW, KILL = 0x7FFF0000, 0x80000000
+        EPERM, ENOSYS = 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
+        prog = [("ld", 4), ("jeq", arch, None, "kill"), ("ld", 0)]
+        if machine == "x86_64":
+            prog.append(("jge", 0x40000000, "eperm", None))  # the x32 ABI's numbers
+        for number in list(deny.values()) + list(common.values()):
+            prog.append(("jeq", number, "eperm", None))
+        prog += [("jeq", 435, "enosys", None),  # clone3: glibc falls back to clone, whose flags can be read
+                 ("jeq", clone, "clone", None), ("jeq", kill, "kill_", None), ("jeq", tgkill, "tgkill", None),
+                 ("ret", ALLOW),  # (BPF jumps only forward: the checks first, the verdicts last)
+                 "clone", ("ld", 16), ("jset", 0x00010000, "allow", "eperm"),  # CLONE_THREAD: a thread
+                 "kill_", ("ld", 20), ("jeq", 0, None, "eperm"), ("ld", 16), ("jeq", pid, "allow", None),
+                 ("jeq", 0, "allow", "eperm"),
+                 "tgkill", ("ld", 20), ("jeq", 0, None, "eperm"), ("ld", 16), ("jeq", pid, "allow", "eperm"),
+                 "allow", ("ret", ALLOW), "eperm", ("ret", EPERM), "enosys", ("ret", ENOSYS), "kill", ("ret", KILL)]
+        labels, code = {}, []
+        for item in prog:
+            if isinstance(item, str):
+                labels[item] = len(code)
+            else:
+                code.append(item)
+        raw = b""
+        for i, ins in enumerate(code):
+            if ins[0] == "ld":
+                raw += struct.pack("HBBI", 0x20, 0, 0, ins[1])
+            elif ins[0] == "ret":
+                raw += struct.pack("HBBI", 0x06, 0, 0, ins[1])
+            else:
+                op = {"jeq": 0x15, "jge": 0x35, "jset": 0x45}[ins[0]]
+                jt = 0 if ins[2] is None else labels[ins[2]] - i - 1
+                jf = 0 if ins[3] is None else labels[ins[3]] - i - 1
+                raw += struct.pack("HBBI", op, jt, jf, ins[1])
+        buf = ctypes.create_string_buffer(raw, len(raw))
+        fprog = struct.pack("HxxxxxxP", len(code), ctypes.addressof(buf))
+        libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_ulong]
+        if libc.prctl(22, 2, fprog, 0, 0) == 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+            layers["seccomp"] = ("active: seccomp-bpf: no fork, vfork, execve or new process (threads only), "
+                                 "no signals to other processes, no mount, namespace, ptrace or io_uring calls")
+        else:
+            fail("seccomp", f"prctl(PR_SET_SECCOMP) refused: {err()}")
+    for name in wanted:
+        layers.setdefault(name, "unavailable: not tried")
+    with status:
+        for name, state in layers.items():
+            status.write(f"{name}\t{state}\n")
+    missing = [f"{name} ({layers[name]})" for name in required if not layers.get(name, "").startswith("active")]
+    if missing:
+        print("PermissionError: sandbox: a required isolation layer is not available here: " + "; ".join(missing),
+              file=sys.stderr)
+        os._exit(1)
+    for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
+        del sys.modules[name]
+_apply_layers(_ROOT, [x for x in sys.argv[5].split(",") if x], [x for x in sys.argv[6].split(",") if x], sys.argv[7])
+del _apply_layers
 resource.setrlimit(resource.RLIMIT_AS, (_mem, _mem))
 resource.setrlimit(resource.RLIMIT_FSIZE, (_fsize, _fsize))
 resource.setrlimit(resource.RLIMIT_CPU, (_cpu, _cpu + 1))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-_ROOT = os.path.realpath(os.getcwd())
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _ALLOWED_WRITE = {"/dev/null"}
 _REFUSED = {"subprocess.Popen", "os.system", "os.posix_spawn", "os.fork", "os.forkpty", "os.kill",
@@ -76,7 +266,8 @@ _PATH_EVENTS = {"os.remove": ((0,), (1,)), "os.rmdir": ((0,), (1,)), "os.mkdir":
                 "os.chown": ((0,), (3,)), "os.utime": ((0,), (3,)), "os.chflags": ((0,), ()),
                 "os.lchflags": ((0,), ()), "os.setxattr": ((0,), ()), "os.removexattr": ((0,), ()),
                 "shutil.rmtree": ((0,), (1,)), "os.mkfifo": ((0,), (2,)), "os.mknod": ((0,), (3,))}
-_BLOCKED_IMPORTS = {"ctypes", "_ctypes", "_testcapi", "_testinternalcapi", "_xxsubinterpreters"}
+_BLOCKED_IMPORTS = {"ctypes", "_ctypes", "_testcapi", "_testinternalcapi", "_xxsubinterpreters", "readline",
+                    "_posixsubprocess"}  # the last: re-importing it would bring back the real fork_exec
 
 def _inside(path):
     if isinstance(path, int):
@@ -106,6 +297,13 @@ def _hook(event, args):
         for i in fds:
             if i < len(args) and isinstance(args[i], int) and args[i] >= 0:
                 _deny(f"{event} with dir_fd is not allowed")
+    elif event == "sqlite3.connect":
+        database = args[0]
+        if isinstance(database, (str, bytes, os.PathLike)) and os.fsdecode(database) != ":memory:" \
+                and not os.fsdecode(database).startswith("file:") and not _inside(database):
+            _deny(f"sqlite3.connect outside the working directory is not allowed: {os.fsdecode(database)}")
+        if isinstance(database, (str, bytes)) and os.fsdecode(database).startswith("file:"):
+            _deny("sqlite3 URI file names are not allowed; give a relative path")
     elif event == "os.chdir":
         if not _inside(args[0]):
             _deny(f"changing directory out of the working directory is not allowed: {args[0]}")
@@ -114,12 +312,13 @@ def _hook(event, args):
     elif event == "import" and args[0] in _BLOCKED_IMPORTS:
         raise ImportError(f"sandbox: importing {args[0]} is not allowed")
 
-sys.addaudithook(_hook)
 import _posixsubprocess  # noqa: E402  (subprocess starts children through it without an audit event)
-def _no_fork_exec(*args, **kwargs):
-    _deny("starting a process is not allowed")
-_posixsubprocess.fork_exec = _no_fork_exec
-del _no_fork_exec
+if sys.argv[8] == "hook":  # (tests turn the hook off to see that the kernel layers hold by themselves)
+    sys.addaudithook(_hook)
+    def _no_fork_exec(*args, **kwargs):
+        _deny("starting a process is not allowed")
+    _posixsubprocess.fork_exec = _no_fork_exec
+    del _no_fork_exec
 sys.path.insert(0, _ROOT)
 sys.argv = ["main.py"]
 _code = compile(_source, "main.py", "exec")
@@ -142,6 +341,7 @@ class ExecResult:
     message: str
     truncated: bool = False
     files: list[str] = field(default_factory=list)
+    isolation: dict[str, str] = field(default_factory=dict)  # OS layer -> "active: ..." or "unavailable: why"
 
     @property
     def ok(self) -> bool:
@@ -172,6 +372,36 @@ def _read(path: Path, limit_bytes: int) -> str:
             f.seek(max(limit_bytes, rest - limit_bytes // 2))
             data = data[: limit_bytes // 2] + b"\n[... output cut ...]\n" + f.read()
     return data.decode("utf-8", errors="replace")
+
+
+LAYERS = ("network", "capabilities", "landlock", "seccomp")
+"""The kernel-enforced layers the child tries, in order (see the module docstring)."""
+
+
+def _required_layers() -> list[str]:
+    """Layers named in ``COURSE_SANDBOX_REQUIRE`` (comma-separated, or ``all``): a run stops, blocked, without them."""
+    text = os.environ.get("COURSE_SANDBOX_REQUIRE", "").strip()
+    names = list(LAYERS) if text == "all" else [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in names if x not in LAYERS]
+    if unknown:
+        raise ValueError(f"COURSE_SANDBOX_REQUIRE names unknown layers {unknown}; known: {', '.join(LAYERS)}")
+    return names
+
+
+_ISOLATION: dict[str, str] | None = None
+_AUDIT_HOOK = True  # False only in tests: they check that the kernel layers hold without the hook
+
+
+def isolation_layers(refresh: bool = False) -> dict[str, str]:
+    """Which OS isolation layers a sandboxed run gets on this machine, measured by one short run (cached).
+
+    Maps each of :data:`LAYERS` to ``"active: what it enforces"`` or ``"unavailable: why"``. The audit
+    hook is always there besides these; where a layer is unavailable its guarantee rests on the hook alone.
+    """
+    global _ISOLATION
+    if _ISOLATION is None or refresh:
+        _ISOLATION = dict(run_python("pass", timeout_s=30).isolation)
+    return dict(_ISOLATION)
 
 
 def run_python(code: str, *, timeout_s: float = 5.0, memory_mb: int = 512, max_output_chars: int = 4000,
@@ -208,6 +438,7 @@ def run_python(code: str, *, timeout_s: float = 5.0, memory_mb: int = 512, max_o
         if not workdir.is_dir():
             raise ValueError(f"workdir must be an existing directory, got {str(workdir)!r}")
 
+    required = _required_layers()
     memory = memory_mb * 1024 * 1024
     fsize = max_file_mb * 1024 * 1024
     cpu = int(timeout_s) + 2
@@ -231,7 +462,9 @@ def run_python(code: str, *, timeout_s: float = 5.0, memory_mb: int = 512, max_o
         timed_out = False
         with out_path.open("wb") as out, err_path.open("wb") as err:
             proc = subprocess.Popen([sys.executable, "-s", "-B", "-c", _BOOTSTRAP, str(memory), str(fsize), str(cpu),
-                                     str(code_path)], cwd=work, env=env, stdin=subprocess.PIPE, stdout=out,
+                                     str(code_path), ",".join(LAYERS), ",".join(required),
+                                     str(Path(outer) / "layers"), "hook" if _AUDIT_HOOK else "no-hook"],
+                                    cwd=work, env=env, stdin=subprocess.PIPE, stdout=out,
                                     stderr=err, start_new_session=True)
             try:
                 proc.communicate(stdin.encode(), timeout=timeout_s)
@@ -248,6 +481,9 @@ def run_python(code: str, *, timeout_s: float = 5.0, memory_mb: int = 512, max_o
         stdout, cut_out = _clip(_read(out_path, read_limit), max_output_chars)
         stderr, cut_err = _clip(_read(err_path, read_limit), max_output_chars)
         size = max(out_path.stat().st_size, err_path.stat().st_size)
+        layers_path = Path(outer) / "layers"
+        isolation = dict(line.split("\t", 1) for line in layers_path.read_text(encoding="utf-8").splitlines()
+                         if "\t" in line) if layers_path.exists() else {}
 
     code_ = proc.returncode
     if timed_out:
@@ -271,4 +507,4 @@ def run_python(code: str, *, timeout_s: float = 5.0, memory_mb: int = 512, max_o
         status, message = "ok", "ran successfully"
     if status == "ok" and (cut_out or cut_err):
         message += f" (output cut to {max_output_chars} characters)"
-    return ExecResult(status, code_, stdout, stderr, seconds, message, cut_out or cut_err, listing)
+    return ExecResult(status, code_, stdout, stderr, seconds, message, cut_out or cut_err, listing, isolation)
