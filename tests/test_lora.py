@@ -361,3 +361,27 @@ def test_gpu_script_refuses_to_time_the_interpreter(capsys):
         pytest.skip("a GPU is present: the script would run")
     assert script.main([]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["lora_rank_sweep.csv", "lora_adapters.csv", "lora_low_rank.csv"])
+def test_seed_results_carry_their_seeds_and_setting(name):
+    # notebook 03 reads these (scripts/seeds_lora.py): at least 3 seeds, and the header says where and how
+    from course import bench
+
+    rows, tags = bench.load_csv(lora.RESULTS_CSV.with_name(name))
+    seeds = sorted({row["seed"] for row in rows})
+    assert len(seeds) >= 3 and tags["seeds"] == " ".join(map(str, seeds))
+    for key in ("cpu_model", "torch_cpu_capability", "threads", "torch", "date", "config", "command"):
+        assert tags.get(key), key
+    group = "run" if "run" in rows[0] else "adapter" if "adapter" in rows[0] else "proj"
+    per_group = {}
+    for row in rows:
+        per_group.setdefault(row[group], []).append(row["seed"])
+    assert all(sorted(s) == seeds for s in per_group.values())
+
+
+def test_notebook_defs_loads_definitions_without_running_cells():
+    defs = solution_code.load_script("notebook_defs")
+    namespace = defs.load("solutions/03_lora.ipynb", tokenizer=None, K=8)  # K: a default argument
+    assert {"LoRALinear", "inject_lora", "finetune", "evaluate", "subspace_similarity"} <= set(namespace)
+    assert "runs" not in namespace and "pretrained" not in namespace  # no training or loading ran
