@@ -14,6 +14,7 @@ import torch
 
 from .. import flash_attention as fa
 from .. import runtime
+from . import tolerance
 from .core import assert_close, assert_equal, assert_tensor, check, observation, require
 
 # --- references (float64, straight from the definitions) -----------------------------------------
@@ -60,18 +61,36 @@ def _case(**kw) -> str:
     return ", ".join(f"{k}={v}" for k, v in kw.items())
 
 
-# fp32 tolerance: under the CPU interpreter tl.dot is an exact fp32 matmul, so only fp32 summation
-# order differs from the float64 reference (~1e-6 on O(1) values). Compiled on a GPU, fp32 tl.dot
-# uses TF32 (10-bit mantissa, ~5e-4 relative per product), so allow ~1e-2 there.
-def _fp32_tol() -> float:
-    return 1e-5 if runtime.triton_mode() == "interpreter" else 1e-2
+# Tolerances by mode and dtype (derivations in course.checks.tolerance). Every one is far below 1
+# relative, so all-zero or doubled outputs and gradients fail in every mode (tests/test_tolerance_mutants.py).
+#
+# fp32, CPU interpreter: tl.dot is an exact fp32 matmul, so only fp32 summation order differs from the
+# float64 reference (~1e-6 on O(1) values): 1e-5 for outputs; gradients sum up to ~80 rows of O(1)
+# terms through two chained products, 1e-3.
+# fp32, compiled: tl.dot is TF32 (10 mantissa bits): a k-long product is off by ~2 * 2^-11 * sqrt(k) of its
+# scale; outputs go through one product per reduction (S = Q K^T over d, O = P V over N_k), so
+# k = max(d, N_k), times a safety factor of 2; gradients chain two products (dP = dO V^T, then dS K), so
+# twice that. TF32 emulated on the CPU (inputs rounded to 10 bits, fp64 sums) for these checks' cases
+# gave errors <= 1.6e-3 on values <= 6, against tolerances of 7.8e-3 (k = 16) to 2.2e-2 (k = 128).
+FP32_SAFETY = 2
 
 
-# fp16: inputs are exact in the reference, but P is rounded to fp16 (2^-11 relative) before P V
-# and O is stored in fp16, so outputs of size ~1 are off by up to a few 1e-4; 3e-3 leaves room
+def _fp32_tol(k: int) -> float:
+    if not tolerance.compiled():
+        return 1e-5
+    return FP32_SAFETY * tolerance.dot_error(torch.float32, k, on_gpu=True)
+
+
+def _fp32_grad_tol(k: int) -> float:
+    return 1e-3 if not tolerance.compiled() else 2 * _fp32_tol(k)
+
+
+# fp16 (both modes: fp16 tl.dot multiplies exactly and accumulates in fp32 on a GPU as in the
+# interpreter): inputs are exact in the reference, but P is rounded to fp16 (2^-11 relative) before
+# P V and O is stored in fp16, so outputs of size ~1 are off by up to a few 1e-4; 3e-3 leaves room
 # without hiding a real bug (a missed rescale or mask is off by 1e-1 or more).
 FP16_TOL = 3e-3
-# bf16 keeps 8 mantissa bits (2^-8 = 4e-3 relative): the same reasoning gives ~8x the fp16 tolerance.
+# bf16 (GPU only) keeps 7 explicit mantissa bits (2^-8 = 4e-3 relative): ~8x the fp16 tolerance.
 BF16_TOL = 3e-2
 
 
@@ -200,7 +219,7 @@ def triton_forward(kernel):
                       dtype=str(dtype)[6:])
         o, lse = fa.launch_forward(kernel, q, k, v, causal=causal, config=c)
         want_o, want_lse = reference_forward(q, k, v, causal)
-        tol = {f32: _fp32_tol(), f16: FP16_TOL}.get(dtype, BF16_TOL)
+        tol = {f32: _fp32_tol(max(d, n_k)), f16: FP16_TOL}.get(dtype, BF16_TOL)
         assert_close(o, want_o, atol=tol, rtol=tol, name=f"O ({label})",
                      hint="mask keys >= N_K (ragged tail) with -inf before the row max; load with "
                           "mask=..., other=0.0; causal: keep key j only when j <= query i")
@@ -212,7 +231,7 @@ def triton_forward(kernel):
     k[:, :, 32:], v[:, :, 32:] = float("nan"), float("nan")
     o, lse = fa.launch_forward(kernel, q, k, v, causal=True, config=cfg(32, 16))
     want_o, _ = reference_forward(q[..., :32, :], k[..., :32, :], v[..., :32, :], True)
-    assert_close(o, want_o, atol=_fp32_tol(), rtol=_fp32_tol(), name="O with NaN in never-needed key blocks "
+    assert_close(o, want_o, atol=_fp32_tol(32), rtol=_fp32_tol(32), name="O with NaN in never-needed key blocks "
                  "(causal, N_q=32, N_k=96)", hint="when CAUSAL, stop the key loop at min((start_m + 1) * "
                  "BLOCK_M, N_K): later key blocks are fully masked and must not be read at all")
     return f"{len(cases) + 1} cases: ragged N, N_q != N_k, d 16-128, batch*heads 1-16, fp32/fp16, causal skip"
@@ -303,9 +322,9 @@ def triton_backward(kernel):
         got = fa.launch_atomic_backward(kernel, q, k, v, o.to(device, dtype), lse.to(device, torch.float32),
                           do, causal=causal, config=c)
         want = reference_grads(q, k, v, do, causal)
-        # Gradients are sums over up to ~80 rows of O(1) terms: fp32 ~1e-6 relative each, so 1e-4
-        # (interpreter); fp16 rounds P and dS to 2^-11 before each matmul: 2e-2 on values of ~1-10.
-        tol = {f32: 1e2 * _fp32_tol(), f16: 2e-2}.get(dtype, 5 * BF16_TOL)
+        # fp32: _fp32_grad_tol (above). fp16, both modes: P and dS are rounded to 2^-11 before each
+        # matmul, 2e-2 on values of ~1-10; bf16 (GPU only, 2^-8): 5x the bf16 output tolerance.
+        tol = {f32: _fp32_grad_tol(max(d, n_q, n_k)), f16: 2e-2}.get(dtype, 5 * BF16_TOL)
         for name, g, w, hint in zip(("dQ", "dK", "dV"), got, want, (
                 "dQ_i += dS_ij K_j (times sm_scale), added to DQ with tl.atomic_add for rows < N_Q",
                 "dK_j += dS_ij^T Q_i times sm_scale, with dS = P * (dP - Delta)",
@@ -349,7 +368,7 @@ def autograd_function(function):
         out, saved = seen["out"], seen["saved"]
         assert_tensor(out, f"output ({label})", shape=q.shape, dtype=q.dtype)
         want_o, _ = reference_forward(q, k, v, causal)
-        tol = _fp32_tol()
+        tol = _fp32_tol(max(d, n_k))
         assert_close(out, want_o, atol=tol, rtol=tol, name=f"output ({label})")
         largest_input = max(q.numel(), k.numel(), v.numel())
         require(max(saved, default=0) <= largest_input,
@@ -358,6 +377,7 @@ def autograd_function(function):
         require(seen["has_graph"], "the output has no grad_fn: return it from forward, don't detach it")
         for name, g, w in zip(("dq", "dk", "dv"), seen["grads"], reference_grads(q, k, v, do, causal)):
             require(g is not None, f"{name} is None ({label}): backward must return (dq, dk, dv, None)")
-            assert_close(g, w, atol=1e2 * tol, rtol=1e2 * tol, name=f"{name} ({label})",
+            grad_tol = _fp32_grad_tol(max(d, n_q, n_k))
+            assert_close(g, w, atol=grad_tol, rtol=grad_tol, name=f"{name} ({label})",
                          hint="backward returns one gradient per forward input: (dq, dk, dv, None for causal)")
     return f"{len(cases)} cases: values, gradients, and nothing of size N_q x N_k saved for backward"

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from .. import runtime
 from .core import CheckFailed, assert_close, assert_equal, check, first_counterexample, require
 
 SENTINEL = -12345.0  # written around the output buffer: a kernel without a mask overwrites it
@@ -62,7 +63,7 @@ def vector_add(kernel, block: int = 64):
             f"{type(kernel).__name__}")
     if not isinstance(block, int) or block < 16 or block & (block - 1):
         raise ValueError(f"block must be a power of two >= 16, got {block!r}")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = runtime.device()  # a compiled kernel needs GPU tensors; the interpreter takes CPU ones
     for n in (1, block - 1, block, block + 1, 3 * block + 5):  # smallest first; the tails are the point
         grid = triton.cdiv(n, block)
         room = grid * block + block
