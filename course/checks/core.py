@@ -18,6 +18,7 @@ Writing a check::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -31,6 +32,17 @@ GREEN, RED, BOLD, RESET = "\033[32m", "\033[31m", "\033[1m", "\033[0m"
 
 #: Every result recorded in this process, in order. The grader reads the last one after each check.
 RESULTS: list["Result"] = []
+
+
+#: Added to the seeds checks pass through :func:`grading_seed`: 0 in a notebook, so outputs are
+#: reproducible; the grader's judge draws a fresh value for every grading, so that a submission
+#: cannot hard-code the outputs of fixed inputs.
+SALT = 0
+
+
+def grading_seed(seed: int) -> int:
+    """``seed`` in a notebook; ``seed`` plus a salt drawn at grading time when the judge checks."""
+    return seed + SALT
 
 
 class CheckFailed(AssertionError):
@@ -171,6 +183,23 @@ def forward_backward(module, x, upstream, names=("weight",)) -> dict:
     params = dict(module.named_parameters())
     return {"out": out.detach() if isinstance(out, torch.Tensor) else out, "requires_grad": differentiable,
             "x_grad": x.grad, "grads": {n: params[n].grad if n in params else None for n in names}}
+
+
+@observation
+def fields_of(value):
+    """A record as plain data, ``(class name, {field: value})`` for dataclasses (recursively, also
+    inside lists and tuples); other values unchanged. Compare records with it, not with ``==``: a
+    learner's record is a proxy when the grader's judge checks, and proxies are equal only to
+    themselves."""
+
+    def plain(v):
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return (type(v).__name__, {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)})
+        if isinstance(v, (list, tuple)):
+            return type(v)(plain(x) for x in v)
+        return v
+
+    return plain(value)
 
 
 def kind(value) -> str:

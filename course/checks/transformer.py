@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import tinygpt
-from .core import CheckFailed, assert_close, assert_equal, assert_tensor, check, require
+from .core import CheckFailed, assert_close, assert_equal, assert_tensor, check, grading_seed, require
 
 ATOL, RTOL = 1e-5, 1e-4  # float32 results of equivalent computations (see module docstring)
 
@@ -45,7 +45,7 @@ def _attention_reference(q, k, v, mask=None):
 
 
 def _attention_cases(batched: bool):
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(grading_seed(1))  # new inputs at every grading
     shapes = [(1, 1, 1), (2, 3, 4), (5, 5, 8), (7, 9, 16)]  # (T_q, T_k, d) smallest first
     for t_q, t_k, d in shapes:
         lead = (2, 3) if batched else ()

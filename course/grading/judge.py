@@ -190,8 +190,9 @@ def judge_checks(session, check_module: str, exercises: list[dict], check_timeou
     thread = threading.Thread(target=judge.run, name="course-judge", daemon=True)
     # One thread for torch here, as in the kernel: the judge's references are small, and idle
     # worker threads spinning beside the kernel would slow every answer it waits for.
-    threads = torch.get_num_threads()
+    threads, salt = torch.get_num_threads(), core.SALT
     torch.set_num_threads(1)
+    core.SALT = secrets.randbelow(1 << 30)  # inputs made with core.grading_seed change every grading
     thread.start()
     try:
         outcome = session.run(judge.agent_code(), check_timeout * max(1, len(exercises)) + 60)
@@ -200,6 +201,7 @@ def judge_checks(session, check_module: str, exercises: list[dict], check_timeou
     finally:
         judge.close()
         torch.set_num_threads(threads)
+        core.SALT = salt
     problem = judge.problem
     if problem and outcome.status != "ok":
         problem += f" (the agent's cell: {outcome.status}: {outcome.error[:300]})"

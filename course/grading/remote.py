@@ -30,7 +30,7 @@ import traceback
 
 import torch
 
-MAX_MESSAGE = 1 << 30  # bytes; a bigger message ends the connection
+MAX_MESSAGE = 256 << 20  # bytes; a bigger message ends the connection
 MAX_DEPTH = 64  # nesting of lists/dicts in one value
 _DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
