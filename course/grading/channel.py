@@ -71,13 +71,15 @@ class Channel:
         base = remote.import_exception_class(str(node.get("module", ""))[:100], name)
         error = None
         if base is not None and base is not StopIteration:
-            try:
-                cls = type(name.split(".")[-1], (base, RemoteError), {"__str__": lambda self: message,
-                                                                     "__module__": base.__module__})
-                error = Exception.__new__(cls)
-                Exception.__init__(error, message)
-            except TypeError:  # a base that cannot be subclassed with RemoteError
-                error = None
+            short = name.split(".")[-1]
+            for bases in ((base, RemoteError), (base,)):  # OSError's layout admits no second base
+                try:
+                    cls = type(short, bases, {"__str__": lambda self: message, "__module__": base.__module__})
+                    error = cls.__new__(cls)
+                    BaseException.__init__(error, message)
+                    break
+                except TypeError:
+                    error = None
         elif base is StopIteration:
             return StopIteration(message)
         if error is None:
