@@ -22,6 +22,7 @@ import dataclasses
 import importlib
 import io
 import json
+import pathlib
 import pickle
 import socket
 import struct
@@ -315,6 +316,8 @@ class Codec:
             return {"t": "slice", "v": [enc(value.start), enc(value.stop), enc(value.step)]}
         if value is Ellipsis:
             return {"t": "ellipsis"}
+        if isinstance(value, pathlib.PurePath):  # both ends share the file system
+            return {"t": "path", "v": str(value)}
         if kind is torch.dtype:
             return {"t": "dtype", "v": str(value).removeprefix("torch.")}
         if kind is torch.Size:
@@ -436,6 +439,8 @@ class Codec:
             return complex(float(_str(re_)), float(_str(im)))
         if t == "slice":
             return slice(*(dec(v) for v in _list(node.get("v"))[:3]))
+        if t == "path":
+            return pathlib.Path(_str(node.get("v")))
         if t == "ellipsis":
             return Ellipsis
         if t == "dtype":
