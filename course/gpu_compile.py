@@ -1,0 +1,153 @@
+"""What will a GPU do with this kernel? Compile a Triton kernel for an NVIDIA target without a GPU.
+
+``compile_report(kernel, signature, constexprs, arch)`` runs Triton's real compiler (the one a GPU
+would run) for ``sm_<arch>`` and reads the result back: registers per thread and spills (from
+``ptxas -v`` on the PTX, Triton's bundled ptxas), shared memory per block, and whether the
+code uses tensor-core instructions (``mma``/``wgmma``). It works where kernels run in the CPU
+interpreter (``TRITON_INTERPRET=1``): the kernel and the ``@triton.jit`` helpers it calls are rebuilt
+as compilable functions for the duration of the call. CI uses it (``tests/test_gpu_compile.py``) to fail
+on compile errors, spills and shared memory over the limit; notebooks can show it to learners.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.runtime.jit import JITFunction
+
+#: Shared memory a block may use (opt-in maximum), bytes: sm_75 64 KiB, sm_80 163 KiB, sm_90 227 KiB.
+SHARED_LIMIT = {75: 64 * 1024, 80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+ARCHS = (75, 80, 90)
+
+
+@dataclass(frozen=True)
+class Report:
+    arch: int
+    registers: int
+    spills: int  # bytes of spill stores + loads reported by ptxas
+    shared_bytes: int
+    has_mma: bool
+    ptx: str
+
+    @property
+    def shared_limit(self) -> int:
+        return SHARED_LIMIT[self.arch]
+
+    def summary(self) -> str:
+        return (f"sm_{self.arch}: {self.registers} registers/thread, {self.spills} bytes spilled, "
+                f"{self.shared_bytes / 1024:.1f} KiB shared (limit {self.shared_limit // 1024} KiB), "
+                f"tensor cores: {'yes' if self.has_mma else 'no'}")
+
+
+def _interpreted_type():
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+        return InterpretedFunction
+    except ImportError:  # pragma: no cover
+        return ()
+
+
+def _as_jit(kernel, memo: dict):
+    """A compilable JITFunction for ``kernel`` (a JITFunction, or an interpreter's InterpretedFunction)."""
+    if isinstance(kernel, JITFunction):
+        return kernel
+    if not isinstance(kernel, _interpreted_type()):
+        raise TypeError(f"expected a @triton.jit kernel, got {type(kernel).__name__}")
+    if id(kernel) in memo:
+        return memo[id(kernel)]
+    fn = kernel.fn
+    scope = dict(fn.__globals__)
+    clone = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
+    clone.__module__, clone.__qualname__, clone.__doc__ = fn.__module__, fn.__qualname__, fn.__doc__
+    clone.__annotations__ = dict(fn.__annotations__)
+    jit = JITFunction(clone)
+    memo[id(kernel)] = jit
+    for name, value in fn.__globals__.items():
+        if isinstance(value, _interpreted_type()):
+            scope[name] = _as_jit(value, memo)
+    return jit
+
+
+@contextlib.contextmanager
+def _compiling(memo: dict):
+    """Triton's language helpers (tl.cdiv, ...) as JITFunctions and the interpreter switch off, restored after."""
+    from triton import knobs
+
+    modules = [tl, tl.standard, tl.math]
+    saved = []
+    old = knobs.runtime.interpret
+    try:
+        knobs.runtime.interpret = False
+        for module in modules:
+            for name, value in list(vars(module).items()):
+                if isinstance(value, _interpreted_type()):
+                    saved.append((module, name, value))
+                    setattr(module, name, _as_jit(value, memo))
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+        knobs.runtime.interpret = old
+
+
+def _cuobjdump() -> Path:
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
+def _resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, spill bytes) of the cubin ptxas made, from ``cuobjdump -res-usage``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        out = subprocess.run([str(_cuobjdump()), "-res-usage", str(path)], capture_output=True, text=True,
+                             check=True).stdout
+    regs = max((int(m) for m in re.findall(r"REG:(\d+)", out)), default=0)
+    return regs, _spill_bytes(out)
+
+
+def _spill_bytes(text: str) -> int:
+    """Local memory per thread: where ptxas puts spilled registers (0 when nothing spills)."""
+    return sum(int(m) for m in re.findall(r"LOCAL:(\d+)", text))
+
+
+def compile_report(kernel, signature: dict, constexprs: dict, arch: int = 90, *, num_warps: int = 4,
+                   num_stages: int = 3) -> Report:
+    """Compile ``kernel`` for ``sm_<arch>`` and report registers, spills, shared memory and tensor cores.
+
+    ``signature`` maps every non-constexpr argument to its Triton type (``'*fp16'``, ``'i32'``, ``'fp32'``);
+    ``constexprs`` maps the constexpr arguments to values. Raises Triton's ``CompilationError`` when the
+    kernel does not compile for that target.
+    """
+    if arch not in SHARED_LIMIT:
+        raise ValueError(f"arch must be one of {sorted(SHARED_LIMIT)}, got {arch!r}")
+    memo: dict = {}
+    with _compiling(memo):
+        fn = _as_jit(kernel, memo)
+        names = fn.arg_names
+        unknown = set(signature) | set(constexprs)
+        unknown -= set(names)
+        if unknown:
+            raise ValueError(f"{fn.__name__} has no argument(s) {sorted(unknown)}; its arguments are {names}")
+        missing = [n for n in names if n not in signature and n not in constexprs]
+        if missing:
+            raise ValueError(f"give a type (signature) or a value (constexprs) for {missing}")
+        sig = {n: ("constexpr" if n in constexprs else signature[n]) for n in names}
+        consts = {(names.index(n),): v for n, v in constexprs.items()}
+        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                  options={"num_warps": num_warps, "num_stages": num_stages})
+    ptx = compiled.asm["ptx"]
+    registers, spills = _resource_usage(compiled.asm["cubin"])
+    has_mma = bool(re.search(r"\b(wgmma|mma)\.", ptx))
+    return Report(arch=arch, registers=registers, spills=spills, shared_bytes=int(compiled.metadata.shared),
+                  has_mma=has_mma, ptx=ptx)
