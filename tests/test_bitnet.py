@@ -296,3 +296,21 @@ def test_gpu_script_refuses_to_time_the_interpreter(capsys):
         pytest.skip("a GPU is present: the script would run")
     assert script.main([]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_seed_results_carry_their_seeds_and_setting():
+    # notebook 04 reads this (scripts/seeds_bitnet.py): at least 3 seeds, and the header says where and how
+    from course import bench
+
+    rows, tags = bench.load_csv(bitnet.RESULTS_CSV.with_name("bitnet_training.csv"))
+    seeds = sorted({row["seed"] for row in rows})
+    assert len(seeds) >= 3 and tags["seeds"] == " ".join(map(str, seeds))
+    for key in ("cpu_model", "torch_cpu_capability", "threads", "torch", "date", "config", "command"):
+        assert tags.get(key), key
+    last = max(row["step"] for row in rows)
+    final = {}
+    for row in rows:
+        if row["step"] == last:
+            final.setdefault(row["model"], []).append(row["seed"])
+    assert set(final) == {"fp32", "BitNet (binary)", "BitNet b1.58 (ternary)", "bigram (counted)"}
+    assert all(sorted(s) == seeds for s in final.values())
