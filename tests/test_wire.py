@@ -126,3 +126,10 @@ def test_the_kernel_may_not_reach_into_what_the_judge_lent_it():
         thread.join(5)
     assert dataclasses.is_dataclass(Message)
     judge_end.close(), kernel_end.close()
+
+
+def test_numpy_arrays_written_in_place_come_back(wire):
+    _, get = wire
+    q = np.zeros((2, 2))
+    get("fill")(q)
+    assert (q == 7.0).all()

@@ -332,7 +332,7 @@ class Codec:
 
             if isinstance(value, np.ndarray) and value.dtype.kind in _NUMPY_KINDS:
                 blobs.append(np.ascontiguousarray(value).tobytes())
-                return {"t": "ndarray", "dtype": value.dtype.str, "shape": list(value.shape), "b": len(blobs) - 1}
+                return tag({"t": "ndarray", "dtype": value.dtype.str, "shape": list(value.shape), "b": len(blobs) - 1})
             if isinstance(value, np.generic) and value.dtype.kind in _NUMPY_KINDS:
                 return enc(value.item())
         if _course_dataclass(kind):  # a course record (a chat Message, a ChatResult ...): by value
@@ -474,9 +474,16 @@ class Codec:
                 if dtype.kind not in _NUMPY_KINDS:
                     raise TypeError("not a numeric dtype")
                 shape = tuple(_int(s) for s in _list(node.get("shape")))
-                return np.frombuffer(blob(node), dtype=dtype).reshape(shape).copy()
+                array = np.frombuffer(blob(node), dtype=dtype).reshape(shape).copy()
             except (TypeError, ValueError) as error:
                 raise WireError(f"bad array: {error}") from None
+            mine = original(np.ndarray)  # write-back: the callee changed an array it was given
+            if mine is not None and mine.shape == array.shape and mine.dtype == array.dtype:
+                mine[...] = array
+                array = mine
+            if record is not None:
+                record.append(array)
+            return array
         if t == "record":
             cls = _import_course_class(_str(node.get("module")), _str(node.get("name")))
             values = dec(node.get("v"))
