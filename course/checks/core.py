@@ -202,6 +202,30 @@ def fields_of(value):
     return plain(value)
 
 
+@observation
+def grad_of(fn, args, wrt=(0,), kwargs=None, output=None, params=()) -> dict:
+    """Call ``fn(*args, **kwargs)`` with ``args[i]`` for ``i`` in ``wrt`` as fresh leaves that require
+    grad, take ``output`` of a tuple result, backpropagate it when it requires grad, and return
+    ``{"value", "result", "requires_grad", "grads", "params"}``: the value (detached), the whole
+    result, whether the value required grad, the inputs' grads (None where unused) and, for each
+    ``(i, name)`` in ``params``, the grad of parameter ``name`` of module ``args[i]`` (then zeroed)."""
+    args = [a.detach().clone().requires_grad_(True) if i in wrt else a for i, a in enumerate(args)]
+    result = fn(*args, **(kwargs or {}))
+    value = result[output] if output is not None and isinstance(result, tuple) and len(result) > output else result
+    differentiable = isinstance(value, torch.Tensor) and value.requires_grad
+    if differentiable:
+        value.backward(torch.ones_like(value))
+    found = []
+    for i, name in params:
+        p = args[i].get_parameter(name)
+        found.append(None if p.grad is None else p.grad.clone())
+        args[i].zero_grad()
+    return {"value": value.detach() if isinstance(value, torch.Tensor) else value,
+            "result": tuple(r.detach() if isinstance(r, torch.Tensor) else r for r in result)
+            if isinstance(result, tuple) else None,
+            "requires_grad": differentiable, "grads": [args[i].grad for i in wrt], "params": found}
+
+
 def kind(value) -> str:
     """The class name of ``value``; for a proxy of the learner's object, the name of its class."""
     from ..grading import remote

@@ -21,7 +21,7 @@ import torch
 
 from .. import rl
 from ..data import Example
-from .core import CheckFailed, assert_close, assert_tensor, check, require
+from .core import CheckFailed, assert_close, assert_tensor, check, grad_of, require
 
 ATOL, RTOL = 1e-5, 1e-5  # float32 elementwise arithmetic vs float64 reference (module docstring)
 ADV_ATOL = 1e-4  # normalised advantages: eps / std on top of ATOL (module docstring)
@@ -127,13 +127,12 @@ def _loss_ref(logp, old_logp, ref_logp, adv, mask, clip_eps, beta):
 
 
 def _loss_and_grad(fn, logp, *rest, **kw):
-    x = logp.clone().requires_grad_(True)
-    value = fn(x, *rest, **kw)
+    seen = grad_of(fn, (logp, *rest), kwargs=kw)  # in the learner's process when the grader judges
+    value, grad = seen["value"], seen["grads"][0]
     assert_tensor(value, "grpo_loss", shape=())
-    require(value.requires_grad, "grpo_loss returned a tensor without a gradient: do not detach logp "
+    require(seen["requires_grad"], "grpo_loss returned a tensor without a gradient: do not detach logp "
             "(.item(), torch.tensor(...) or no_grad break the graph)")
-    (grad,) = torch.autograd.grad(value, x, allow_unused=True)
-    return value.detach(), torch.zeros_like(x) if grad is None else grad
+    return value, torch.zeros_like(logp) if grad is None else grad
 
 
 @check

@@ -15,7 +15,7 @@ import torch
 from .. import rl, rlhf
 from ..data import CharTokenizer, Example
 from ..models.tinygpt import GPTConfig, TinyGPT
-from .core import assert_close, assert_tensor, check, require
+from .core import assert_close, assert_tensor, beside, check, grad_of, require
 
 # float32 computations of at most a few hundred O(1) terms against the same float32 reference:
 # rounding differences from a different summation order stay below 1e-5.
@@ -41,7 +41,8 @@ def sft_loss(fn):
                [Example("copy:abc|", "abc"), Example("sort:cab|", "abc"), Example("rev:abcde|", "edcba")]]
     for examples in batches:
         ids, mask = rl.sft_batch(tok, examples, width=12)
-        got = _scalar(fn(model, ids, mask), "sft_loss")
+        seen = grad_of(fn, (beside(model, fn), ids, mask), wrt=(), params=[(0, "embed.weight")])
+        got = _scalar(seen["value"], "sft_loss")
         want = rl.sft_loss(model, ids, mask)
         unmasked = model(ids[:, :-1], ids[:, 1:])[1]
         hint = ("the loss should average over response targets only (mask == 1): "
@@ -50,10 +51,9 @@ def sft_loss(fn):
             hint = "this is the loss over every token, prompt and padding included: multiply by the mask"
         assert_close(got, want, **TOL, name=f"sft_loss on {len(examples)} example(s)",
                      inputs={"ids": ids, "mask": mask}, hint=hint)
-        got.backward()  # the loss must be differentiable with respect to the model
-        require(model.embed.weight.grad is not None and model.embed.weight.grad.abs().sum() > 0,
+        grad = seen["params"][0]  # the loss must be differentiable with respect to the model
+        require(seen["requires_grad"] and grad is not None and grad.abs().sum() > 0,
                 "sft_loss: no gradient reached the model's parameters (did you detach or use .item()?)")
-        model.zero_grad()
     return "2 batches, prompt and padding masked"
 
 
@@ -83,9 +83,9 @@ def rm_pairwise_loss(fn):
             hint = "only neighbouring pairs of the ranking are used; InstructGPT uses all K choose 2 pairs"
         assert_close(got, want, **TOL, name=f"rm_pairwise_loss with P={p}, K={k}",
                      inputs={"scores": scores, "rankings": rankings}, hint=hint)
-    scores = torch.randn(3, 4, generator=gen, requires_grad=True)
-    fn(scores, torch.arange(4).repeat(3, 1)).backward()
-    require(scores.grad is not None and scores.grad[:, 0].lt(0).all() and scores.grad[:, -1].gt(0).all(),
+    scores = torch.randn(3, 4, generator=gen)
+    grad = grad_of(fn, (scores, torch.arange(4).repeat(3, 1)))["grads"][0]
+    require(grad is not None and grad[:, 0].lt(0).all() and grad[:, -1].gt(0).all(),
             "gradient descent should push the best response's score up and the worst one's down")
     return "hand cases, K = 3, 4, 6 against the reference, gradient direction"
 
@@ -197,12 +197,12 @@ def ppo_loss(fn):
     assert_close(pl, torch.tensor(-(0.5 - 1.5) / 2), **TOL, name="policy_loss on the unclipped side",
                  hint="take the minimum of the clipped and unclipped terms; do not just clip the ratio")
     # gradients: zero where clipping is active, non-zero elsewhere
-    logp = torch.log(torch.tensor([[1.5, 1.1]])).requires_grad_(True)
-    pl, _ = call(logp, torch.zeros(1, 2), torch.ones(1, 2))
-    pl.backward()
-    require(logp.grad is not None and abs(logp.grad[0, 0].item()) < 1e-7 and abs(logp.grad[0, 1].item()) > 1e-3,
+    logp = torch.log(torch.tensor([[1.5, 1.1]]))
+    zeros, ones = torch.zeros(1, 2), torch.ones(1, 2)
+    grad = grad_of(fn, (logp, zeros, ones, zeros, zeros, ones), kwargs={"clip_eps": 0.2}, output=0)["grads"][0]
+    require(grad is not None and abs(grad[0, 0].item()) < 1e-7 and abs(grad[0, 1].item()) > 1e-3,
             f"gradient of policy_loss w.r.t. logp should be 0 for a clipped token (ratio 1.5, A > 0) and non-zero "
-            f"for an unclipped one (ratio 1.1); got {None if logp.grad is None else logp.grad.tolist()}.\n  hint: "
+            f"for an unclipped one (ratio 1.1); got {None if grad is None else grad.tolist()}.\n  hint: "
             + clip_hint)
     # value loss and masking
     values, returns = torch.tensor([[1.0, 2.0, 5.0]]), torch.tensor([[0.0, 4.0, -5.0]])
