@@ -9,6 +9,7 @@ identify (no solution of that name) or a missing file is an error of grading its
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import tempfile
@@ -123,6 +124,12 @@ def grade(submission: str | Path, *, solutions_dir: str | Path | None = None, ce
         nb, unreadable = None, f"the file is not a readable notebook: {type(error).__name__}: {str(error)[:300]}"
     name = identify(nb, path, solutions_dir)
     manifest = load_manifest(name, solutions_dir)
+    if manifest.exercises:
+        try:  # the judge runs the checks here: a broken course is an error of grading, found first
+            importlib.import_module(manifest.check_module)
+        except Exception as error:  # noqa: BLE001
+            raise GradingError(f"the check module {manifest.check_module} cannot be imported: "
+                               f"{type(error).__name__}: {error}") from None
     report = Report(str(path), name)
     if unreadable:
         report.events.append(unreadable)
@@ -147,8 +154,6 @@ def grade(submission: str | Path, *, solutions_dir: str | Path | None = None, ce
 def _in_kernel(manifest: ex.Manifest) -> set[str]:
     """Exercises whose check is not yet ported to the judge: a check module lists their check
     functions in ``NOT_JUDGED``. They still run in the kernel, and the report says so."""
-    import importlib
-
     names = set(getattr(importlib.import_module(manifest.check_module), "NOT_JUDGED", ()))
     return {e.id for e in manifest.exercises if set(ex.CHECK_CALL.findall(e.check_source)) & names}
 
