@@ -298,6 +298,43 @@ def test_a_run_past_its_time_limit_is_stopped(ranks2):
     assert info.value.kind == "timeout"
 
 
+MISMATCH_CELL = '''
+import torch
+import torch.distributed as tdist
+
+def mismatched_all_reduce():
+    tdist.all_reduce(torch.ones(4 if tdist.get_rank() == 0 else 8))   # 4 elements on rank 0, 8 on rank 1
+'''
+
+
+def test_a_mismatched_collective_names_where_the_ranks_wait_within_bounded_time(ranks2):
+    ns = notebook_namespace(MISMATCH_CELL)
+    ranks2.run(notebook_namespace(FAILING_CELL)["sleeps"], 0)
+    start = time.monotonic()
+    with pytest.raises(dist.RankFailed) as info:
+        ranks2.run(ns["mismatched_all_reduce"], timeout=3)
+    assert time.monotonic() - start < 15
+    message = str(info.value)
+    # gloo either aborts the rank that receives too much (naming the mismatch) or leaves ranks waiting;
+    # either way the message says what happened, and where a rank still waits, in which call of which cell
+    assert "collective mismatch" in message or "waiting in torch.distributed.all_reduce" in message, message
+    if "waiting in" in message:
+        assert "called at <notebook cell>, line 6 in mismatched_all_reduce" in message and "same sizes" in message
+
+
+def test_debug_ranks_name_a_mismatched_collective_at_once():
+    """``debug=True`` sets TORCH_DISTRIBUTED_DEBUG=DETAIL on the ranks (about 2x the time of a small
+    all_reduce on gloo, so it is not the default): torch compares every collective across ranks."""
+    ns = notebook_namespace(MISMATCH_CELL)
+    with dist.Ranks(2, timeout=60, grace=1, debug=True) as ranks:
+        ranks.run(notebook_namespace(FAILING_CELL)["sleeps"], 0)
+        start = time.monotonic()
+        with pytest.raises(dist.RankFailed, match="Detected mismatch between collectives") as info:
+            ranks.run(ns["mismatched_all_reduce"], timeout=30)
+        assert time.monotonic() - start < 10
+        assert info.value.kind == "raised" and "4vs 8" in str(info.value).replace(" vs", "vs")
+
+
 def test_an_interrupted_run_stops_the_ranks(ranks2):
     """The grader interrupts a check with SIGALRM; no rank may outlive that."""
     ns = notebook_namespace(FAILING_CELL)

@@ -34,7 +34,12 @@ finished too, the group is rebuilt (fast) and the processes reused, and if they 
 waiting in a collective for the rank that raised, they are stopped after ``grace`` seconds. A rank
 that dies (``os._exit``, a segfault, SIGKILL) or a run past ``timeout`` stops every rank at once.
 Either way :class:`RankFailed` is raised with what each rank printed, and the next ``run``
-starts fresh processes.
+starts fresh processes. For each rank still running when the group is stopped the message says
+where it was: ``waiting in torch.distributed.all_reduce, called at <cell>, line 7 in f`` (the
+rank prints its stack on SIGUSR1, even from inside a collective). ``Ranks(4, debug=True)`` sets
+``TORCH_DISTRIBUTED_DEBUG=DETAIL`` on the ranks, so that a collective called with different shapes
+or in a different order raises at once on every rank, naming the difference; it doubles the time
+of a small gloo all_reduce (9.7 to 19.4 ms on 4 ranks on 2 shared cores), so it is off by default.
 
 **Traffic.** On every rank the ``torch.distributed`` collectives are wrapped (``all_reduce``,
 ``reduce_scatter*``, ``all_gather*``, ``broadcast``, ``reduce``, ``send``/``recv``/``isend``/

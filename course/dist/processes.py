@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import pickle
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
-from .worker import _send
+from .worker import WHERE_SIGNAL, _send
 
 def _loopback_interface() -> str | None:
     try:
@@ -46,6 +47,32 @@ def _positive(name: str, value: Any) -> float:
 
 
 
+_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<name>\S+)')
+
+
+def _summarize_stack(text: str) -> tuple[str, str]:
+    """``('all_reduce, called at <cell>, line 7 in f', stack)`` from a faulthandler dump (innermost first)."""
+    block = text[text.rfind("most recent call first"):]
+    frames = [m.groupdict() for m in _FRAME.finditer(block)]
+    here = os.path.dirname(os.path.abspath(__file__))
+    op, caller = None, None
+    for frame in frames:
+        path = frame["file"].replace(os.sep, "/")
+        if "torch/distributed/" in path:
+            if frame["name"] not in ("wrapper", "<lambda>"):
+                op = frame["name"]  # the outermost torch.distributed function: the one the code called
+        elif os.path.dirname(os.path.abspath(frame["file"])) != here and "/torch/" not in path:
+            caller = f'{frame["file"]}, line {frame["line"]} in {frame["name"]}'
+            break
+    stack = "\n".join(f'  File "{f["file"]}", line {f["line"]} in {f["name"]}' for f in reversed(frames)
+                      if os.path.dirname(os.path.abspath(f["file"])) != here)
+    if op:
+        summary = f"waiting in torch.distributed.{op}" + (f", called at {caller}" if caller else "")
+    else:
+        summary = "running " + (caller or "(no Python frame)")
+    return summary, stack
+
+
 class _LocalProcesses:
     """The process side of :class:`~course.dist.Ranks`: start the rank processes, wait until they
     joined the group, rebuild the group, and kill them. :class:`Ranks` sets the attributes."""
@@ -62,6 +89,8 @@ class _LocalProcesses:
         interface = _loopback_interface()
         if interface and self.backend == "gloo":
             env["GLOO_SOCKET_IFNAME"] = interface  # gloo talks over 127.0.0.1 only
+        if self.debug:  # torch checks that every rank calls the same collective with the same shapes
+            env["TORCH_DISTRIBUTED_DEBUG"] = "DETAIL"
         bootstrap = "import sys; from course.dist import _worker_main; _worker_main()"
         self.starts += 1
         self._generation = 0
@@ -138,6 +167,31 @@ class _LocalProcesses:
             return ""
         text = [t for t in text if not t.startswith("course: ")]
         return "\n".join(text[-lines:])
+
+    def _where(self, ranks) -> dict[int, tuple[str, str]]:
+        """Where each of ``ranks`` is now: ``{rank: (summary, stack)}``, e.g. ``('all_reduce, called at
+        <cell>, line 7 in f', '  File ...')``. Each rank prints its stack to its log on WHERE_SIGNAL
+        (faulthandler, which works while the rank is blocked inside a collective)."""
+        sizes = {}
+        for rank in ranks:
+            try:
+                sizes[rank] = os.path.getsize(self._logs[rank])
+                os.kill(self._procs[rank].pid, WHERE_SIGNAL)
+            except (OSError, IndexError):
+                pass
+        where, deadline = {}, time.monotonic() + 1.0
+        while sizes and time.monotonic() < deadline and len(where) < len(sizes):
+            time.sleep(0.05)
+            for rank, size in sizes.items():
+                try:
+                    with open(self._logs[rank], errors="replace") as f:
+                        f.seek(size)
+                        text = f.read()
+                except OSError:
+                    continue
+                if "most recent call first" in text and text.endswith("\n"):
+                    where[rank] = _summarize_stack(text)
+        return where
 
     def _kill(self) -> None:
         """Stop every rank process now (SIGKILL), and forget them; the next run starts new ones."""

@@ -35,7 +35,7 @@ class Ranks(_LocalProcesses):
 
     def __init__(self, world_size: int | None = 4, *, backend: str = "auto", timeout: float = DEFAULT_TIMEOUT,
                  start_timeout: float = DEFAULT_START_TIMEOUT, grace: float = DEFAULT_GRACE,
-                 threads_per_rank: int = 1) -> None:
+                 threads_per_rank: int = 1, debug: bool = False) -> None:
         self.torchrun = _torchrun.under_torchrun()
         if self.torchrun:
             env_size = int(os.environ["WORLD_SIZE"])
@@ -51,6 +51,7 @@ class Ranks(_LocalProcesses):
         self.start_timeout = _positive("start_timeout", start_timeout)
         self.grace = _positive("grace", grace)
         self.threads = threads_per_rank
+        self.debug = bool(debug)  # TORCH_DISTRIBUTED_DEBUG=DETAIL on the ranks: a mismatched collective raises at once
         self.requested_backend = backend
         self.backend = _choose_backend(backend, world_size) if not self.torchrun else None
         self.starts = 0  # how many times processes were started (a test reads it)
@@ -151,15 +152,19 @@ class Ranks(_LocalProcesses):
                     stdout = [replies[r][3] if r in replies else "" for r in range(n)]
                     failures = {r: replies[r][2] for r in replies if not replies[r][1]}
                     types_ = {r: replies[r][7] for r in failures}
-                    if first_error is None:
-                        for r in range(n):
-                            if r not in replies:
-                                failures[r] = f"rank {r} did not finish within the {limit:g} s time limit"
-                        raise self._failure("timeout", failures, types_, stdout)
                     stuck = [r for r in range(n) if r not in replies]
+                    where = self._where(stuck)  # before they are stopped: where is each one waiting?
+                    waiting = {r: where[r][0] for r in where}
+                    if first_error is None:
+                        for r in stuck:
+                            failures[r] = (f"rank {r} did not finish within the {limit:g} s time limit"
+                                           + _at(where.get(r)))
+                        raise self._failure("timeout", failures, types_, stdout, waiting=waiting,
+                                            finished=sorted(replies), limit=limit)
                     for r in stuck:
-                        failures[r] = f"rank {r} was still running {self.grace:g} s after rank(s) failed"
-                    raise self._failure("raised", failures, types_, stdout, stopped=stuck)
+                        failures[r] = (f"rank {r} was still running {self.grace:g} s after rank(s) failed"
+                                       + _at(where.get(r)))
+                    raise self._failure("raised", failures, types_, stdout, stopped=stuck, waiting=waiting)
                 for conn in ready:
                     rank = self._conns.index(conn)
                     try:
@@ -172,8 +177,13 @@ class Ranks(_LocalProcesses):
                         tail = self._log_tail(rank)
                         failures[rank] = (f"rank {rank} died ({how}) without reporting a result"
                                           + (f"; its last output:\n{tail}" if tail else ""))
+                        others = [r for r in range(n) if r not in replies and r != rank]
+                        where = self._where(others)  # where the others wait, before they are stopped
+                        for r in others:
+                            failures[r] = f"rank {r} was still running when rank {rank} died" + _at(where.get(r))
                         raise self._failure("died", failures, {r: replies[r][7] for r in replies
-                                                               if not replies[r][1]}, stdout) from None
+                                                               if not replies[r][1]}, stdout, stopped=others,
+                                            waiting={r: where[r][0] for r in where}) from None
                     replies[rank] = reply
                     if not reply[1] and first_error is None:
                         first_error = time.monotonic()
@@ -191,14 +201,22 @@ class Ranks(_LocalProcesses):
                          self.backend)
 
     def _failure(self, kind: str, failures: dict[int, str], exception_types: dict[int, str], stdout: list[str],
-                 keep: bool = False, stopped: Iterable[int] = ()) -> RankFailed:
-        return make_failure(kind, failures, exception_types, stdout, keep, stopped)
+                 keep: bool = False, stopped: Iterable[int] = (), **details) -> RankFailed:
+        return make_failure(kind, failures, exception_types, stdout, keep, stopped, **details)
 
     def _join_torchrun(self, backend: str) -> None:
         _torchrun.join_torchrun(self, backend)
 
     def _run_torchrun(self, fn: Callable, args: tuple, kwargs: dict) -> RunResult:
         return _torchrun.run_torchrun(self, fn, args, kwargs)
+
+
+def _at(where: tuple[str, str] | None) -> str:
+    """``'; it was waiting in ...:' + stack`` for a failure's text, from :meth:`Ranks._where`."""
+    if not where:
+        return ""
+    summary, stack = where
+    return f"; it was {summary}" + (f"\n{stack}" if stack else "")
 
 
 _LIVE: "set[Ranks]" = set()

@@ -61,15 +61,36 @@ class RunResult:
 
 
 def make_failure(kind: str, failures: dict[int, str], exception_types: dict[int, str], stdout: list[str],
-             keep: bool = False, stopped: Iterable[int] = ()) -> RankFailed:
-    """The :class:`RankFailed` for a run: which ranks failed and how, then each one's traceback."""
-    stopped = sorted(stopped)
+                 keep: bool = False, stopped: Iterable[int] = (), *, waiting: dict[int, str] | None = None,
+                 finished: Iterable[int] = (), limit: float | None = None, torchrun: bool = False) -> RankFailed:
+    """The :class:`RankFailed` for a run: which ranks failed and how, where the others were waiting,
+    then each one's traceback.
+
+    ``stopped``: ranks stopped while still running after others failed; ``waiting``: ``{rank: 'waiting in
+    torch.distributed.all_reduce, called at ...'}``; ``finished``: ranks that had returned (timeouts);
+    ``keep``: every rank answered, so the processes stay; ``torchrun``: nothing is rebuilt or restarted.
+    """
+    stopped, waiting, finished = sorted(stopped), waiting or {}, sorted(finished)
     culprits = [r for r in sorted(failures) if r not in stopped]
-    what = {"raised": "raised an exception", "died": "died", "timeout": "ran out of time"}[kind]
-    header = f"rank(s) {culprits} {what}"
+    if kind == "timeout":
+        header = f"rank(s) {culprits} did not finish within the {limit:g} s time limit" if limit else \
+            f"rank(s) {culprits} ran out of time"
+        if finished:
+            header += f" (rank(s) {finished} had finished)"
+    else:
+        header = f"rank(s) {culprits} " + {"raised": "raised an exception", "died": "died"}[kind]
     if stopped:
-        header += f"; rank(s) {stopped} were still waiting (most likely in a collective) and were stopped"
-    header += "; the group was " + ("rebuilt" if keep else "stopped and the next run starts it again") + "."
+        header += f"; rank(s) {stopped} were still running and were stopped"
+    if waiting:
+        header += "".join(f"\n  rank {r} was {waiting[r]}" for r in sorted(waiting))
+        if any("torch.distributed" in w for w in waiting.values()):
+            header += ("\n  hint: ranks waiting in different collectives, or in one whose tensors differ in "
+                       "size between ranks, never meet: every rank must make the same calls, in the same "
+                       "order, with the same sizes (Ranks(..., debug=True) makes torch name a mismatch at once)")
+    if torchrun:
+        header += "\nEvery rank raises this error; torchrun's group is unchanged."
+    else:
+        header += "\nThe group was " + ("rebuilt" if keep else "stopped and the next run starts it again") + "."
     lines, shown = [header], set()
     for rank in culprits + stopped:
         text = failures[rank].rstrip()

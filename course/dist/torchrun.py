@@ -22,6 +22,7 @@ import torch.distributed as tdist
 from .results import RunResult, make_failure
 from .traffic import Traffic, instrument, reset_traffic, traffic
 
+
 def under_torchrun() -> bool:
     """True when this process was started by torchrun (or anything that sets the env:// variables)."""
     env = os.environ
@@ -43,7 +44,9 @@ def join_torchrun(self, backend: str) -> None:
         chosen = backend if backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
         if chosen == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        tdist.init_process_group(chosen, init_method="env://")
+        # a collective that waits longer than this raises instead of hanging until torchrun is killed
+        tdist.init_process_group(chosen, init_method="env://",
+                                 timeout=datetime.timedelta(seconds=max(self.timeout, 60.0)))
     self.backend = tdist.get_backend()
     instrument()
     self._ready = True
@@ -73,18 +76,29 @@ def run_torchrun(self, fn: Callable, args: tuple, kwargs: dict) -> RunResult:
     prefix = f"course-dist/run{self._torchrun_runs}/"
     store.set(prefix + str(rank), pickle.dumps((failure, kind, out.getvalue())))
     keys = [prefix + str(r) for r in range(n)]
+    waited = self.grace if failure else self.timeout
     try:
-        store.wait(keys, datetime.timedelta(seconds=self.grace if failure else self.timeout))
+        store.wait(keys, datetime.timedelta(seconds=waited))
     except Exception:  # noqa: BLE001 - some rank never finished
-        sys.__stderr__.write(f"rank {rank} failed and the other ranks did not finish within "
-                             f"{self.grace if failure else self.timeout:g} s:\n{failure}")
+        try:
+            missing = [r for r in range(n) if not store.check([keys[r]])]
+        except Exception:  # noqa: BLE001 - the store went away with the rank that hosted it
+            missing = "some"
+        if failure:
+            what = (f"rank {rank} raised, and rank(s) {missing} had not finished {waited:g} s later (most likely "
+                    f"waiting in a collective for rank {rank}); exiting so that torchrun stops them. "
+                    f"Rank {rank}'s traceback:\n{failure}")
+        else:
+            what = (f"rank {rank} finished, but rank(s) {missing} did not finish within the {waited:g} s time "
+                    "limit; exiting so that torchrun stops them\n")
+        sys.__stderr__.write(what)
         sys.__stderr__.flush()
         os._exit(1)
     verdicts = [pickle.loads(store.get(k)) for k in keys]
     failures = {r: v[0] for r, v in enumerate(verdicts) if v[0]}
     if failures:
         raise make_failure("raised", failures, {r: verdicts[r][1] for r in failures},
-                            [v[2] for v in verdicts], keep=True)
+                            [v[2] for v in verdicts], keep=True, torchrun=True)
     mine = (result, out.getvalue(), err.getvalue(), traffic().counts)
     gathered: list = [None] * n
     tdist.all_gather_object(gathered, mine)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import faulthandler
 import io
 import os
 import pickle
@@ -21,6 +22,8 @@ from .pickling import loads
 from .traffic import _GROUP_LABELS, instrument, reset_traffic, traffic
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+WHERE_SIGNAL = signal.SIGUSR1  # asks a rank to print its stack (see _worker_main)
+
 
 def _parent_watch(parent_pid: int) -> None:
     """Exit when the notebook kernel that started this rank goes away (no orphan processes)."""
@@ -95,6 +98,9 @@ def _worker_main() -> None:
     config = pickle.loads(conn.recv_bytes())
     sys.path[:0] = [p for p in config["sys_path"] if p not in sys.path]
     torch.set_num_threads(config["threads"])
+    # SIGUSR1 prints this rank's Python stack to its log, even while it is blocked inside a collective
+    # (faulthandler writes from C): the parent asks for it when a run hangs, to say where each rank waits.
+    faulthandler.register(WHERE_SIGNAL, file=sys.__stderr__, all_threads=False)
     instrument()
     generation = 0
     try:
