@@ -63,6 +63,26 @@ def test_make_groups_builds_two_tiers_on_ranks():
     assert out.results == [([0, 1], [0, 2]), ([0, 1], [1, 3]), ([2, 3], [0, 2]), ([2, 3], [1, 3])]
 
 
+def test_make_groups_reuses_its_groups_instead_of_leaking_them():
+    def calls(times):
+        import os
+
+        def resources():  # open file descriptors and OS threads (gloo's are not Python threads)
+            return len(os.listdir("/proc/self/fd")), len(os.listdir("/proc/self/task"))
+
+        first = check.make_groups(2)
+        before = resources()
+        for _ in range(times):
+            again = check.make_groups(2)
+        after = resources()
+        return before, after, again[2] is first[2] and again[3] is first[3]
+
+    out = dist.pool(check.WORLD).run(calls, 5)
+    for before, after, same in out.results:
+        assert same, "make_groups made new groups on a repeated call"
+        assert after[0] <= before[0] and after[1] <= before[1], f"(fds, threads) grew from {before} to {after} over 5 calls"
+
+
 def test_zero_3_collectives_move_three_psi_across_a_flat_cluster():
     # with one group (m = n) nothing is inter-group; GGG gathers twice and reduce-scatters once
     ops = [op for tier, op, size in check._collectives("GGG", 1.0, 4)]

@@ -38,15 +38,28 @@ def validate_strategy(strategy) -> str:
 
 
 
+_GROUPS: dict = {}  # (world size, m) -> (the default group they belong to, make_groups' result)
+
+
 def make_groups(m: int = GROUP):
     """On a rank: create every intra- and inter-group (all ranks must call this, in the same order).
 
     Returns ``(intra_ranks, inter_ranks, intra_group, inter_group)`` for this rank; the ranks lists
-    are in ring order.
+    are in ring order. The groups are made once per process group and m, then reused: each new
+    group costs every rank sockets and threads, and checks and cells call this many times.
     """
     rank, world = tdist.get_rank(), tdist.get_world_size()
     if world % m:
         raise ValueError(f"group size m={m} must divide the world size {world}")
+    cached = _GROUPS.get((world, m))
+    if cached is None or cached[0] is not tdist.group.WORLD:  # none yet, or from a group since destroyed
+        cached = (tdist.group.WORLD, _make_groups(rank, world, m))
+        _GROUPS[(world, m)] = cached
+    intra_ranks, inter_ranks, intra, inter = cached[1]
+    return list(intra_ranks), list(inter_ranks), intra, inter  # copies: a caller may reorder its ring
+
+
+def _make_groups(rank: int, world: int, m: int):
     mine = {}
     for g in range(world // m):
         ranks = list(range(g * m, (g + 1) * m))
