@@ -211,12 +211,49 @@ class F(torch.autograd.Function):
 '''
 
 
+SHARDED_LINEAR_KEEPING_A_COPY_ON_CTX = '''
+class F(torch.autograd.Function):
+    """Gathers again in backward (3 Psi of traffic, right numbers) but also keeps a full copy of W
+    and b on ctx until backward, which is the memory ZeRO-3 exists to free."""
+    @staticmethod
+    def forward(ctx, x, shard, out_features, in_features):
+        world = tdist.get_world_size()
+        flat = torch.empty(shard.numel() * world)
+        tdist.all_gather_into_tensor(flat, shard.detach())
+        n = out_features * in_features
+        weight, bias = flat[:n].view(out_features, in_features), flat[n:n + out_features]
+        ctx.save_for_backward(x, shard)
+        ctx.full = (weight.clone(), bias.clone())
+        ctx.sizes = (out_features, in_features)
+        return x @ weight.T + bias
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, shard = ctx.saved_tensors
+        out_features, in_features = ctx.sizes
+        world = tdist.get_world_size()
+        flat = torch.empty(shard.numel() * world)
+        tdist.all_gather_into_tensor(flat, shard.detach())
+        weight = flat[:out_features * in_features].view(out_features, in_features)
+        grad_flat = check.flatten_padded([grad_out.T @ x, grad_out.sum(0)], world)
+        grad_shard = torch.empty_like(shard)
+        tdist.reduce_scatter_tensor(grad_shard, grad_flat)
+        return grad_out @ weight, grad_shard / world, None, None
+'''
+
+
 def test_sharded_linear(solution):
     assert passed(check.sharded_linear, solution["ShardedLinear"])
     assert not passed(check.sharded_linear, define(SHARDED_LINEAR_KEEPING_THE_WEIGHTS)["F"])
     assert "3 Psi" in core.RESULTS[-1].message
     no_mean = define(SHARDED_LINEAR_KEEPING_THE_WEIGHTS.replace("grad_shard / world", "grad_shard"))
     assert not passed(check.sharded_linear, no_mean["F"])
+    keeps_a_copy = define(SHARDED_LINEAR_KEEPING_A_COPY_ON_CTX)
+    assert not passed(check.sharded_linear, keeps_a_copy["F"])  # 3 Psi traffic, but W and b kept alive
+    assert "keeps" in core.RESULTS[-1].message and "save_for_backward(x, shard)" in core.RESULTS[-1].message
+    views_the_gathered = define(SHARDED_LINEAR_KEEPING_A_COPY_ON_CTX.replace(
+        "ctx.full = (weight.clone(), bias.clone())", "ctx.bias = bias  # a view of the whole gathered vector"))
+    assert not passed(check.sharded_linear, views_the_gathered["F"])
     stub = define("class F(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, *a):\n"
                   "        raise NotImplementedError('Exercise 6.5')\n")
     assert not passed(check.sharded_linear, stub["F"])

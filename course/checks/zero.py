@@ -355,10 +355,29 @@ def _rank_sharded_linear(sharded_linear):
         torch.manual_seed(7 + rank)
         x = torch.randn(rows, in_f, requires_grad=True)
         with dist.measure() as traffic:
-            y = sharded_linear.apply(x, shard, out_f, in_f)
+            saved = []
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+                y = sharded_linear.apply(x, shard, out_f, in_f)
+            kept = _kept_for_backward(saved, y.grad_fn, allowed=(x, shard))
             y.pow(2).sum().backward()
-        results.append((y.detach(), x.grad, shard.grad, traffic))
+        results.append((y.detach(), x.grad, shard.grad, traffic, kept))
     return results
+
+
+def _kept_for_backward(saved, ctx, allowed) -> int:
+    """Bytes of the storages the layer keeps until backward (``save_for_backward`` and tensors
+    on ``ctx``), besides those of ``allowed`` (the input and the shard)."""
+    tensors = list(saved)
+    for value in vars(ctx).values() if ctx is not None and hasattr(ctx, "__dict__") else ():
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+        tensors += [v for v in values if isinstance(v, torch.Tensor)]
+    skip = {t.untyped_storage().data_ptr() for t in allowed}
+    storages = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 @check
@@ -380,7 +399,7 @@ def sharded_linear(fn):
         chunk = flat_grad.numel() // WORLD
         numel = out_f * in_f + out_f
         for rank in range(WORLD):
-            y, x_grad, shard_grad, traffic = out.results[rank][case]
+            y, x_grad, shard_grad, traffic, kept = out.results[rank][case]
             where = f"Linear({in_f}, {out_f}) on rank {rank}"
             # 1e-5: float32 matmuls of at most 64-wide dot products, same inputs
             assert_close(y, layer(xs[rank]).detach(), atol=1e-5, rtol=1e-5, name=f"forward output of {where}",
@@ -400,4 +419,10 @@ def sharded_linear(fn):
                     f"{where} sent all_gather {ag:,.0f} B and reduce_scatter {rs:,.0f} B; ZeRO-3 gathers the "
                     f"parameters twice (forward and backward, {2 * expected:,} B) and reduce-scatters the "
                     f"gradient once ({expected:,} B): 3 Psi")
+            shard_bytes = padded_numel(numel, WORLD) // WORLD * 4
+            require(kept <= shard_bytes,
+                    f"{where} keeps {kept:,} bytes for backward besides x and its shard (the full layer is "
+                    f"{numel * 4:,} bytes, one shard {shard_bytes:,})\n  hint: ZeRO-3 saves only the shard "
+                    "(ctx.save_for_backward(x, shard)) and gathers W again in backward; a gathered W or b kept on "
+                    "ctx, or a view of the gathered vector, keeps the whole layer alive until backward")
     return "Linear(2,1), Linear(5,3), Linear(32,64): output, input grad, shard grad, 3 Psi traffic"
