@@ -71,6 +71,12 @@ def test_simulator_times_gpipe_and_detects_deadlocks():
         check.simulate([[("F", 0), ("F", 0), ("B", 0)]], 1)
 
 
+def test_heads_must_divide_over_the_tensor_parallel_ranks():
+    assert check.local_heads(4, 2) == 2
+    with pytest.raises(ValueError, match="divisible by the tensor-parallel size"):
+        check.local_heads(4, 8)  # torchrun --nproc-per-node 8 on 07's 4 heads: not 4 // 8 = 0 heads
+
+
 def test_stage_of_splits_equally():
     model = check.pipeline_model()
     assert len(check.stage_of(model, 3, 4)) == 4
@@ -153,6 +159,12 @@ def test_pipeline_1f1b(solution):
                                                                      "F.mse_loss(y, targets[i])"))
     assert not passed(check.pipeline_1f1b, no_mean["pipeline_1f1b"])
     assert "/ m" in core.RESULTS[-1].message
+    gpipe_source = solution_source("pipeline_1f1b").replace(
+        "one_f_one_b(world, m, rank)", "[('F', i) for i in range(m)] + [('B', i) for i in range(m)]")
+    assert "[('F', i)" in gpipe_source  # all forwards, then all backwards: GPipe's order
+    gpipe_order = with_replaced(solution, "pipeline_1f1b", gpipe_source)
+    assert not passed(check.pipeline_1f1b, gpipe_order["pipeline_1f1b"])  # right loss and gradients
+    assert "GPipe" in core.RESULTS[-1].message and "in flight" in core.RESULTS[-1].message
     stub = define("def f(stage, m, microbatches, targets, shape):\n    raise NotImplementedError('Exercise 7.6')\n")
     assert not passed(check.pipeline_1f1b, stub["f"])
     assert core.RESULTS[-1].message.startswith("not implemented")

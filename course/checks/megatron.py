@@ -165,8 +165,18 @@ def _rank_parallel_mlp(parallel_mlp, d_model, d_ff):
     return y.detach(), x.grad, [s.grad for s in shards], traffic
 
 
+def local_heads(n_head: int, world: int) -> int:
+    """Heads per rank when ``n_head`` heads are split over ``world`` tensor-parallel ranks."""
+    if n_head % world:
+        raise ValueError(f"{n_head} attention heads do not split over {world} tensor-parallel ranks: the number "
+                         f"of heads must be divisible by the tensor-parallel size (each rank computes whole "
+                         f"heads); run on a number of ranks that divides {n_head}")
+    return n_head // world
+
+
 def _rank_parallel_attention(parallel_attention, d_model, n_head):
     rank, world = tdist.get_rank(), tdist.get_world_size()
+    n_local = local_heads(n_head, world)
     torch.manual_seed(0)
     attn = MultiHeadAttention(d_model, n_head)
     shards = [column_shard(attn.q_proj.weight, rank, world), column_shard(attn.k_proj.weight, rank, world),
@@ -174,7 +184,7 @@ def _rank_parallel_attention(parallel_attention, d_model, n_head):
     shards = [s.detach().clone().requires_grad_() for s in shards]
     x = _layer_input(2)[:, :, :d_model].contiguous().requires_grad_()
     with dist.measure() as traffic:
-        y = parallel_attention(x, *shards, n_head // world)
+        y = parallel_attention(x, *shards, n_local)
         y.pow(2).sum().backward()
     return y.detach(), x.grad, [s.grad for s in shards], traffic
 
@@ -364,9 +374,21 @@ def _rank_pipeline(pipeline_1f1b, m):
     x, y = pipeline_data()
     micro_x = list(x.chunk(m)) if rank == 0 else None
     micro_y = list(y.chunk(m)) if rank == world - 1 else None
+    order = []  # "F" each time the stage runs forward, "B" each time a backward reaches its first layer
+    stage.register_forward_hook(lambda *_: order.append("F"))
+    next(stage.parameters()).register_hook(lambda grad: order.append("B"))
     with dist.measure() as traffic:
         loss = pipeline_1f1b(stage, m, micro_x, micro_y, (PIPE_ROWS // m, PIPE_WIDTH))
-    return (None if loss is None else float(loss)), [p.grad for p in stage.parameters()], traffic
+    return (None if loss is None else float(loss)), [p.grad for p in stage.parameters()], traffic, order
+
+
+def _peak_in_flight(order) -> int:
+    """The most microbatches whose forward has run and whose backward has not, in a stage's order."""
+    peak = live = 0
+    for op in order:
+        live += 1 if op == "F" else -1
+        peak = max(peak, live)
+    return peak
 
 
 @check
@@ -384,7 +406,7 @@ def pipeline_1f1b(fn):
         require(math.isclose(last, loss.item(), rel_tol=1e-5, abs_tol=1e-6),
                 f"m={m}: pipeline loss {last:.7f}, single-rank loss {loss.item():.7f}\n  hint: the loss of one "
                 "microbatch is mse(output, target) / m, so that the gradients add up to the full batch's")
-        for rank, (_, grads, traffic) in enumerate(out.results):
+        for rank, (_, grads, traffic, order) in enumerate(out.results):
             want = [p.grad for p in stage_of(model, rank, WORLD).parameters()]
             for i, (g, w) in enumerate(zip(grads, want)):
                 require(g is not None, f"m={m}: parameter {i} of stage {rank} got no gradient")
@@ -395,4 +417,13 @@ def pipeline_1f1b(fn):
             require(traffic.sent(op={"send", "isend"}) == sends and traffic.sent() == sends,
                     f"m={m}: stage {rank} sent {traffic.sent():,.0f} bytes; expected one activation per microbatch "
                     f"forward (unless last) and one gradient backward (unless first): {sends:,} bytes, by send/isend")
+            require(order.count("F") == m and order.count("B") == m,
+                    f"m={m}: stage {rank} ran its forward {order.count('F')} times and its backward "
+                    f"{order.count('B')} times; expected once per microbatch ({m})")
+            limit = min(m, WORLD - rank)  # 1F1B: p - stage - 1 warm-up forwards, then one F, one B
+            require(_peak_in_flight(order) <= limit,
+                    f"m={m}: stage {rank} ran {''.join(order)}: {_peak_in_flight(order)} microbatches in flight, "
+                    f"1F1B holds at most p - stage = {limit}\n  hint: that is GPipe's order (all forwards, then "
+                    "all backwards); follow one_f_one_b(p, m, stage): warm up with p - stage - 1 forwards, then "
+                    "alternate one forward and one backward")
     return "m = 1, 4, 8 microbatches: loss and every stage's gradients equal one rank's; point-to-point bytes"
