@@ -2,10 +2,10 @@
 (over-optimisation) and PPO-ptx. Two CSVs for the notebook to plot.
 
     COURSE_HEADLESS=1 COURSE_THREADS=1 python scripts/sweep_ppo_kl.py            # seeds 0,1,2
+    python scripts/sweep_ppo_kl.py --quick    # a smoke run (one seed, few PPO steps), writes nothing
 
 wrote the committed course/results/instructgpt_ppo_kl_sweep.csv and instructgpt_win_rates.csv in 2989 s of wall
 time (415 s of CPU time: 2 CPU cores shared with other jobs, load about 10; on an idle core expect about 7 minutes).
-    python scripts/sweep_ppo_kl.py --quick    # a smoke run (one seed, few PPO steps), writes nothing
 
 For each seed, builds the notebook's world with the same recipe (SFT of instructgpt-base on the
 demonstrations, comparisons ranked by noisy Bradley-Terry labelers, a reward model trained on all K choose 2
