@@ -523,13 +523,19 @@ def _import_course_class(module: str, qualname: str):
     """A dataclass of the course named by the other side, or None (nothing else is imported)."""
     if not module.startswith("course.") or "__" in qualname:
         return None
+    obj = _lookup(module, qualname)
+    return obj if _course_dataclass(obj) else None
+
+
+def _lookup(module: str, qualname: str):
+    """``module.qualname`` imported here, or None; callers allow only modules they trust."""
     try:
         obj = importlib.import_module(module)
         for part in qualname.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError, ValueError):
         return None
-    return obj if _course_dataclass(obj) else None
+    return obj
 
 
 def _list(v):
@@ -587,10 +593,5 @@ def import_exception_class(module: str, qualname: str):
     """An exception class the judge may raise in the kernel's name (builtins, torch, course, triton)."""
     if not (module == "builtins" or module.split(".")[0] in ("course", "torch", "triton")):
         return None
-    try:
-        obj = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, ValueError):
-        return None
+    obj = _lookup(module, qualname)
     return obj if isinstance(obj, type) and issubclass(obj, Exception) else None
