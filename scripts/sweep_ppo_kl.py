@@ -37,6 +37,9 @@ import course
 from course import bench, data, rl, rlhf
 from course.models import load_pretrained
 
+if set(sys.argv[1:]) - {"--quick"}:  # --help or a typo must not start a 50-minute sweep
+    print(__doc__)
+    sys.exit(0 if set(sys.argv[1:]) <= {"--quick", "-h", "--help"} else 2)
 QUICK = "--quick" in sys.argv
 RESULTS = Path(__file__).resolve().parents[1] / "course" / "results"
 SEEDS = [0] if QUICK else [0, 1, 2]
