@@ -316,7 +316,11 @@ def process_advantages(step_rewards: torch.Tensor, step_ends: torch.Tensor, step
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """The unbiased, non-negative KL estimator pi_ref/pi - log(pi_ref/pi) - 1, per token."""
+    """The unbiased, non-negative estimator pi_ref/pi - log(pi_ref/pi) - 1 of KL(pi || pi_ref), per token.
+
+    Its *value* estimates KL(pi || pi_ref) on tokens sampled from pi; its *gradient* in a loss is, in
+    expectation, the gradient of the reverse divergence KL(pi_ref || pi) (notebook 10 derives it).
+    """
     if logp.shape != ref_logp.shape:
         raise ValueError(f"logp and ref_logp must have one shape, got {tuple(logp.shape)} and {tuple(ref_logp.shape)}")
     log_ratio = ref_logp - logp
