@@ -81,6 +81,33 @@ def test_kl_check_rejects(wrong):
     assert not passed(checks.kl_k3, wrong)
 
 
+def test_kl_check_measures_the_gradient_not_only_the_value():
+    detached = lambda logp, ref: rl.kl_k3(logp.detach(), ref)  # right values, no gradient
+    assert not passed(checks.kl_k3, detached)
+    # right values, but the gradient of the forward KL's k2 term (a straight-through swap)
+    k2_grad = lambda logp, ref: rl.kl_k3(logp, ref).detach() + 0.5 * (ref - logp) ** 2 - (0.5 * (ref - logp) ** 2).detach()
+    assert not passed(checks.kl_k3, k2_grad)
+    assert passed(checks.kl_k3, rl.kl_k3)
+
+
+def test_k3_gradient_is_the_reverse_kl_gradient_exactly():
+    torch.manual_seed(0)
+    theta = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    ref = torch.log_softmax(torch.randn(6, dtype=torch.float64), 0)
+
+    def grad(value):
+        (g,) = torch.autograd.grad(value, theta)
+        return g
+
+    logp = lambda: torch.log_softmax(theta, 0)
+    on_policy = lambda term: (logp().exp().detach() * term(logp())).sum()  # tokens from pi, no grad through sampling
+    k3 = grad(on_policy(lambda lp: rl.kl_k3(lp, ref)))
+    reverse = grad((ref.exp() * (ref - logp())).sum())
+    forward = grad((logp().exp() * (logp() - ref)).sum())
+    assert (k3 - reverse).abs().max() < 1e-12
+    assert (k3 - forward).abs().max() > 0.05
+
+
 # --- 10.3 ---------------------------------------------------------------------------------------
 
 

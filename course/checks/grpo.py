@@ -115,7 +115,27 @@ def kl_k3(fn):
             f"with 200,000 tokens sampled from pi the mean estimate is {float(est.mean()):.4f}, but KL(pi||pi_ref) "
             f"= {exact:.4f} (allowed error {tol:.4f})\n  hint: the estimator is unbiased for KL(pi || pi_ref) "
             "only with the ratio pi_ref/pi")
+    _check_k3_gradient(fn, pi, pi_ref)
     return f"0 when equal, >= 0, unbiased (mean {float(est.mean()):.4f} vs KL {exact:.4f})"
+
+
+def _check_k3_gradient(fn, pi, pi_ref) -> None:
+    """In a loss, k3's gradient is that of KL(pi_ref || pi): measured, not only the value.
+
+    Per token, d k3 / d logp = 1 - pi_ref/pi. With log pi = log_softmax(theta) and tokens drawn from
+    pi, the expected gradient wrt the logits is sum_o pi_o (1 - pi_ref_o/pi_o)(e_o - pi) = pi - pi_ref,
+    the gradient of KL(pi_ref || pi); the forward KL's would be pi * (log(pi/pi_ref) - KL).
+    Tolerance 1e-6: float32 rounding of values below 4 (2e-7 relative), far below the 0.1 between the two.
+    """
+    seen = grad_of(fn, (pi.log().float(), pi_ref.log().float()))
+    per_token = seen["grads"][0]
+    require(per_token is not None, "no gradient reaches logp through kl_k3: the estimator is a loss term, so it "
+                                   "must stay differentiable\n  hint: do not detach logp")
+    d = per_token.double()
+    expected = pi * d - pi * (pi * d).sum()  # E_{o ~ pi}[d_o * grad_theta log pi_o]
+    assert_close(expected, pi - pi_ref, atol=1e-6, rtol=0.0, name="expected gradient of kl_k3 wrt the logits",
+                 hint="d k3 / d logp must be 1 - pi_ref/pi per token: k3 = exp(ref_logp - logp) - "
+                      "(ref_logp - logp) - 1, differentiated through logp")
 
 
 # --- 10.3 clipped GRPO loss ---------------------------------------------------------------------
