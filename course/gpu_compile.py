@@ -76,6 +76,22 @@ def _as_jit(kernel, memo: dict):
     return jit
 
 
+def _interpreter_original(value):
+    """The language function behind an interpreter patch, or None when ``value`` is not one.
+
+    Under TRITON_INTERPRET=1, Triton swaps ``tl.core`` functions (``mul``, ``program_id``, ...) for
+    wrappers that run them on NumPy, and undoes the swap after a launch; but a ``@triton.jit`` helper
+    called as a device function patches the modules in its own globals and never undoes it. A notebook
+    that compiled a kernel after such a call failed with "'value' object has no attribute 'dtype'"
+    (the compiler then ran the interpreter's version of ``tensor.__mul__``). Each wrapper keeps the
+    original in its ``member`` default.
+    """
+    defaults = getattr(value, "__kwdefaults__", None)
+    if getattr(value, "__module__", "") == "triton.runtime.interpreter" and defaults and "member" in defaults:
+        return defaults["member"]
+    return None
+
+
 @contextlib.contextmanager
 def _compiling(memo: dict):
     """Triton's language helpers (tl.cdiv, ...) as JITFunctions and the interpreter switch off, restored after."""
@@ -86,6 +102,12 @@ def _compiling(memo: dict):
     old = knobs.runtime.interpret
     try:
         knobs.runtime.interpret = False
+        for owner in (tl, tl.core, tl.math, tl.standard, tl.core.tensor):
+            for name, value in list(vars(owner).items()):
+                original = _interpreter_original(value)
+                if original is not None:  # a patch the interpreter left behind (see below)
+                    saved.append((owner, name, value))
+                    setattr(owner, name, original)
         for module in modules:
             for name, value in list(vars(module).items()):
                 if isinstance(value, _interpreted_type()):

@@ -15,6 +15,8 @@ import course  # noqa: F401  (first)
 from course import bitnet, gpu_compile, lora
 from course import flash_attention as fa
 
+import torch  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 I32 = "i32"
@@ -90,3 +92,17 @@ def test_compile_report_refuses_unknown_arguments():
         gpu_compile.compile_report(bitnet._ternary_matmul_kernel, {"nope": "i32"}, {}, 90)
     with pytest.raises(ValueError, match="arch must be"):
         gpu_compile.compile_report(bitnet._ternary_matmul_kernel, {}, {}, 70)
+
+
+
+def test_compiling_after_interpreted_launches_ignores_the_interpreters_leftover_patches():
+    # Under TRITON_INTERPRET=1 a @triton.jit helper called from a kernel patches tl.core for the
+    # interpreter and never restores it; compiling afterwards then failed with "'value' object has no
+    # attribute 'dtype'" (seen in CI on sm_80, and in notebook 02). Reproduce: interpreted FlashAttention
+    # forward and backward (they call helpers), then compile the forward kernel.
+    q, k, v = fa.make_qkv(2, 70, 64, torch.float32)
+    fa.flash_forward(q, k, v, causal=True)
+    fa.flash_attention(q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), causal=True).sum().backward()
+    consts = {"HEAD_DIM": 64, "BLOCK_M": 64, "BLOCK_N": 64, "CAUSAL": True}
+    report = gpu_compile.compile_report(fa._fwd_kernel, FWD_SIG, consts, 80, num_warps=4, num_stages=2)
+    assert report.has_mma and report.spills == 0
