@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import io
 import json
+import linecache
 import signal
 import time
 import traceback
@@ -86,6 +87,24 @@ def run_check(check_source: str, namespace: dict, check_module, timeout: float) 
     return {"passed": not failed, "message": message, "seconds": time.perf_counter() - start}
 
 
+def _exec_cell(text: str, kind: str, namespace: dict) -> None:
+    """Run a cell's source in ``namespace`` as the notebook would, its source findable by ``inspect``.
+
+    Code needs its source after it ran: ``@triton.jit`` reads a kernel's source when the kernel is
+    compiled (notebook 02 compiles the learner's kernel for a GPU after the exercise), so the source is
+    registered in ``linecache`` under a unique name, as IPython does for every cell it runs.
+    """
+    global _cells_run
+    _cells_run += 1
+    filename = f"<course {kind} {_cells_run}>"
+    code = _python(text)
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    exec(compile(code, filename, "exec"), namespace)
+
+
+_cells_run = 0
+
+
 def _fail(message: str, start: float) -> dict:
     return {"passed": False, "message": message, "seconds": time.perf_counter() - start}
 
@@ -116,9 +135,9 @@ def verify_exercise(check_module: str, exercise: dict, stub_sources: list[str], 
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         for text in stub_sources:
-            exec(compile(_python(text), "<stub>", "exec"), namespace)
+            _exec_cell(text, "stub", namespace)
     with_stub = run_check(exercise["check_source"], namespace, module, timeout)
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         for text in solution_sources:
-            exec(compile(_python(text), "<solution>", "exec"), namespace)
+            _exec_cell(text, "solution", namespace)
     _write(out_path, {"solution": with_solution, "stub": with_stub})
