@@ -41,6 +41,11 @@ rank prints its stack on SIGUSR1, even from inside a collective). ``Ranks(4, deb
 or in a different order raises at once on every rank, naming the difference; it doubles the time
 of a small gloo all_reduce (9.7 to 19.4 ms on 4 ranks on 2 shared cores), so it is off by default.
 
+**Devices.** NCCL moves only GPU tensors, gloo moves CPU tensors: code that runs on ranks makes
+its tensors with ``device=dist.device()`` (``cuda:<local rank>`` on NCCL, else the CPU) and moves
+models with ``.to(dist.device())``, so one cell runs on both; ``dist.synchronize()`` waits for the
+GPU before a clock is read (a no-op on the CPU).
+
 **Traffic.** On every rank the ``torch.distributed`` collectives are wrapped (``all_reduce``,
 ``reduce_scatter*``, ``all_gather*``, ``broadcast``, ``reduce``, ``send``/``recv``/``isend``/
 ``irecv``) to count the bytes the rank sends and receives, per process group. Point-to-point
@@ -78,13 +83,15 @@ more machines unchanged::
 - :mod:`course.dist.pickling`: sending notebook functions and classes to the ranks by value;
 - :mod:`course.dist.traffic`: counting the bytes of each collective, per process group;
 - :mod:`course.dist.results`: :class:`RunResult`, :class:`RankFailed` and their messages;
-- :mod:`course.dist.torchrun`: joining torchrun's group instead of starting processes.
+- :mod:`course.dist.torchrun`: joining torchrun's group instead of starting processes;
+- :mod:`course.dist.devices`: :func:`device` and :func:`synchronize`, where a rank's tensors live.
 """
 
 from __future__ import annotations
 
 import torch.distributed as tdist  # noqa: F401 - kept for code that reads course.dist.tdist
 
+from .devices import device, local_rank, synchronize
 from .pickling import _NAMESPACES, _Pickler, dumps, loads  # noqa: F401
 from .processes import _choose_backend, _loopback_interface, _positive  # noqa: F401
 from .ranks import (DEFAULT_GRACE, DEFAULT_START_TIMEOUT, DEFAULT_TIMEOUT, _LIVE, _POOLS,  # noqa: F401
@@ -98,4 +105,4 @@ from .worker import _worker_main  # noqa: F401
 
 __all__ = ["Ranks", "RunResult", "Traffic", "RankFailed", "RanksNotImplemented", "pool", "shutdown",
            "under_torchrun", "torchrun_world_size", "new_group", "name_group", "group_label", "measure", "traffic", "reset_traffic",
-           "instrument", "dumps", "loads", "torchrun_command"]
+           "instrument", "dumps", "loads", "torchrun_command", "device", "local_rank", "synchronize"]
