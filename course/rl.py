@@ -50,6 +50,18 @@ def encode_prompts(tok: CharTokenizer, prompts: Sequence[str], width: int) -> to
     return torch.stack([tok.encode(p.rjust(width, PAD)) for p in prompts])
 
 
+def padding_mask(prompts: Sequence[str], width: int) -> torch.Tensor:
+    """(B, width) bool: False on the left padding :func:`encode_prompts` adds, True on the prompt itself.
+
+    Given to the model as ``attention_mask`` (with True for every generated token after it), the
+    padding is neither attended to nor counted in the positions, so a prompt's outputs do not
+    depend on how far it was padded.
+    """
+    if not prompts or any(len(p) > width for p in prompts):
+        raise ValueError(f"need a non-empty list of prompts no longer than width={width}")
+    return torch.arange(width) >= torch.tensor([width - len(p) for p in prompts]).unsqueeze(1)
+
+
 def completion_mask(completions: torch.Tensor, stop_id: int) -> torch.Tensor:
     """Float mask (B, T): 1 for tokens up to and including the first ``stop_id``, 0 after it."""
     if completions.dim() != 2:
@@ -61,12 +73,13 @@ def completion_mask(completions: torch.Tensor, stop_id: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_completions(model: TinyGPT, prompt_ids: torch.Tensor, max_new_tokens: int, *,
-                       temperature: float = 1.0, generator: torch.Generator | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       temperature: float = 1.0, generator: torch.Generator | None = None,
+                       prompt_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ``max_new_tokens`` per prompt: ``(completions (B, T) long, logprobs (B, T) float)``.
 
     ``logprobs[b, t]`` is log pi(completions[b, t] | prefix) under softmax(logits / temperature),
-    the distribution that was sampled from (what PPO/GRPO call pi_old).
+    the distribution that was sampled from (what PPO/GRPO call pi_old). ``prompt_mask`` (B, P) bool
+    (:func:`padding_mask`) hides the left padding from the model; None attends to it, as training does.
     """
     _require_model(model)
     if prompt_ids.dim() != 2 or prompt_ids.dtype != torch.long:
@@ -80,10 +93,11 @@ def sample_completions(model: TinyGPT, prompt_ids: torch.Tensor, max_new_tokens:
                          f"block_size={model.config.block_size}")
     from .models.tinygpt import KVCache
 
+    seen = _check_prompt_mask(prompt_mask, prompt_ids)  # attention mask over every position so far
     was_training = model.training
     model.eval()
     cache = KVCache.for_model(model, prompt_ids.shape[0])
-    logits = model(prompt_ids, cache=cache)[:, -1, :]
+    logits = model(prompt_ids, cache=cache, attention_mask=seen)[:, -1, :]
     tokens, logps = [], []
     for t in range(max_new_tokens):
         logp = torch.log_softmax(logits.float() / temperature, dim=-1)
@@ -91,14 +105,27 @@ def sample_completions(model: TinyGPT, prompt_ids: torch.Tensor, max_new_tokens:
         tokens.append(nxt)
         logps.append(logp.gather(1, nxt))
         if t + 1 < max_new_tokens:
-            logits = model(nxt, cache=cache)[:, -1, :]
+            if seen is not None:
+                seen = torch.cat([seen, torch.ones_like(nxt, dtype=torch.bool)], dim=1)
+            logits = model(nxt, cache=cache, attention_mask=seen)[:, -1, :]
     model.train(was_training)
     return torch.cat(tokens, 1), torch.cat(logps, 1)
 
 
+def _check_prompt_mask(prompt_mask: torch.Tensor | None, prompt_ids: torch.Tensor) -> torch.Tensor | None:
+    if prompt_mask is None:
+        return None
+    if prompt_mask.shape != prompt_ids.shape or prompt_mask.dtype != torch.bool:
+        raise ValueError(f"prompt_mask must be bool with the shape of prompt_ids {tuple(prompt_ids.shape)}, got "
+                         f"{prompt_mask.dtype} {tuple(prompt_mask.shape)} (see rl.padding_mask)")
+    return prompt_mask
+
+
 def token_logprobs(model: TinyGPT, prompt_ids: torch.Tensor, completions: torch.Tensor, *,
-                   temperature: float = 1.0) -> torch.Tensor:
-    """log pi(completions[b, t] | prompt, completions[b, :t]) for every t: (B, T), with gradients."""
+                   temperature: float = 1.0, prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """log pi(completions[b, t] | prompt, completions[b, :t]) for every t: (B, T), with gradients.
+
+    ``prompt_mask`` as in :func:`sample_completions`."""
     _require_model(model)
     if prompt_ids.dim() != 2 or completions.dim() != 2 or prompt_ids.shape[0] != completions.shape[0]:
         raise ValueError(f"prompt_ids (B, P) and completions (B, T) must share B; got "
@@ -107,7 +134,10 @@ def token_logprobs(model: TinyGPT, prompt_ids: torch.Tensor, completions: torch.
     if p < 1 or completions.shape[1] < 1:
         raise ValueError(f"need at least one prompt token and one completion token, got {p} and {completions.shape[1]}")
     seq = torch.cat([prompt_ids, completions], dim=1)
-    logits = model(seq[:, :-1])[:, p - 1:, :].float() / temperature  # predictions of completion tokens
+    seen = _check_prompt_mask(prompt_mask, prompt_ids)
+    if seen is not None:
+        seen = torch.cat([seen, torch.ones_like(completions[:, :-1], dtype=torch.bool)], dim=1)
+    logits = model(seq[:, :-1], attention_mask=seen)[:, p - 1:, :].float() / temperature  # completion tokens
     return torch.log_softmax(logits, dim=-1).gather(2, completions.unsqueeze(-1)).squeeze(-1)
 
 
@@ -120,6 +150,32 @@ def decode_completions(tok: CharTokenizer, completions: torch.Tensor) -> list[st
         text = tok.decode(row)
         texts.append(text[:text.index(STOP) + 1] if STOP in text else text)
     return texts
+
+
+# --- the plumbing on whole sequences (notebook 10's exercises: prompt + completion in one row) ----
+
+
+def response_mask(seq: torch.Tensor, prompt_width: int, stop_id: int) -> torch.Tensor:
+    """Float (B, L) over ``seq = left-padded prompt (prompt_width tokens) + completion``: 1 on the
+    completion's tokens up to and including its first ``stop_id``, 0 on the prompt (padding
+    included) and on whatever follows the stop."""
+    if seq.dim() != 2 or not 1 <= prompt_width < seq.shape[1]:
+        raise ValueError(f"seq must be (B, L) with 1 <= prompt_width < L, got {tuple(seq.shape)}, {prompt_width}")
+    prompt = torch.zeros(seq.shape[0], prompt_width)
+    return torch.cat([prompt, completion_mask(seq[:, prompt_width:], stop_id)], dim=1)
+
+
+def response_logprobs(model: TinyGPT, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) with gradients: ``log pi(seq[b, t] | seq[b, :t])`` where ``mask[b, t]`` is 1, 0 elsewhere.
+
+    The logits at position t predict token t + 1, so token t is scored by the logits at t - 1 (and
+    position 0, which nothing predicts, is 0). A row's sum is log pi(response | prompt).
+    """
+    _require_model(model)
+    if seq.dim() != 2 or mask.shape != seq.shape:
+        raise ValueError(f"seq (B, L) and mask must share one shape, got {tuple(seq.shape)} and {tuple(mask.shape)}")
+    logp = torch.log_softmax(model(seq[:, :-1]).float(), dim=-1).gather(2, seq[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return F.pad(logp, (1, 0)) * mask
 
 
 # --- the verifiable task and the policy notebooks 09 and 10 train -------------------------------
@@ -327,8 +383,38 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_ratio) - log_ratio - 1.0
 
 
-def grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, clip_eps=0.2, beta=0.04):
-    """-J_GRPO: clipped surrogate per token minus beta * KL, averaged over each completion then the batch.
+AGGREGATIONS = ("sequence-mean", "token-mean", "constant")
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str = "sequence-mean",
+              max_len: int | None = None) -> torch.Tensor:
+    """Reduce per-token terms (B, T) over the tokens where ``mask`` is 1 to one scalar.
+
+    * ``"sequence-mean"`` (GRPO paper): each row's mean over its own tokens (1/|o_i|), then the mean
+      over rows (1/G);
+    * ``"token-mean"`` (DAPO): the sum over every token of the batch / the number of those tokens;
+    * ``"constant"`` (Dr. GRPO): the sum over every token / (B * ``max_len``), ``max_len`` defaulting
+      to T, the generation budget, so a token's weight does not depend on any length.
+    """
+    if per_token.dim() != 2 or mask.shape != per_token.shape:
+        raise ValueError(f"per_token and mask must share one (B, T) shape, got {tuple(per_token.shape)} "
+                         f"and {tuple(mask.shape)}")
+    mask = mask.to(per_token.dtype)
+    if aggregation == "sequence-mean":
+        return ((per_token * mask).sum(1) / mask.sum(1).clamp_min(1.0)).mean()
+    if aggregation == "token-mean":
+        return (per_token * mask).sum() / mask.sum().clamp_min(1.0)
+    if aggregation == "constant":
+        max_len = per_token.shape[1] if max_len is None else max_len
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+        return (per_token * mask).sum() / (per_token.shape[0] * max_len)
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, clip_eps=0.2, beta=0.04, aggregation="sequence-mean"):
+    """-J_GRPO: clipped surrogate per token minus beta * KL, reduced by :func:`aggregate` (by default
+    the paper's: averaged over each completion, then over the batch).
 
     All arguments are (B, T); ``advantages`` holds outcome advantages broadcast over the tokens of a
     completion, or process advantages; ``mask`` is 1 on the tokens of each completion.
@@ -340,8 +426,31 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, clip_eps=0.2, beta=
     ratio = torch.exp(logp - old_logp)
     surrogate = torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * advantages)
     per_token = surrogate - beta * kl_k3(logp, ref_logp)
-    per_seq = (per_token * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-    return -per_seq.mean()
+    return -aggregate(per_token, mask, aggregation)
+
+
+def accumulate_gradients(model: TinyGPT, seq: torch.Tensor, mask: torch.Tensor, old_logp: torch.Tensor,
+                         advantages: torch.Tensor, microbatch_size: int, *, aggregation: str = "sequence-mean",
+                         clip_eps: float = 0.2) -> float:
+    """Add to ``.grad`` the gradient of the full batch's :func:`grpo_loss` (beta 0, ``old_logp`` as
+    pi_old, tensors (B, L) as in :func:`response_logprobs`), computed ``microbatch_size`` rows at a
+    time; return the full batch's loss. Does not zero ``.grad`` and takes no optimiser step.
+
+    Each microbatch's loss is a mean over its own rows (or tokens), so it is weighted by its share of
+    the batch's rows (sequence-mean, constant) or of its tokens (token-mean); the sum is then exactly
+    the full batch's loss and gradient.
+    """
+    if isinstance(microbatch_size, bool) or not isinstance(microbatch_size, int) or microbatch_size < 1:
+        raise ValueError(f"microbatch_size must be a positive int, got {microbatch_size!r}")
+    total = 0.0
+    for rows in torch.arange(seq.shape[0]).split(microbatch_size):
+        logp = response_logprobs(model, seq[rows], mask[rows])
+        loss = grpo_loss(logp, old_logp[rows], old_logp[rows], advantages[rows], mask[rows], clip_eps=clip_eps,
+                         beta=0.0, aggregation=aggregation)
+        share = mask[rows].sum() / mask.sum() if aggregation == "token-mean" else len(rows) / seq.shape[0]
+        (loss * share).backward()
+        total += float(loss.detach() * share)
+    return total
 
 
 def prefix_step_rewards(tok: CharTokenizer, examples: Sequence[Example], completions: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ def stub(*args, **kwargs):
 
 
 @pytest.mark.parametrize("name", ["group_advantages", "kl_k3", "grpo_loss", "process_advantages",
-                                  "pass_at_k", "rft_examples"])
+                                  "pass_at_k", "rft_examples", "response_mask", "response_logprobs",
+                                  "accumulate_gradients"])
 def test_every_check_passes_the_reference_and_fails_the_stub(name):
     assert passed(getattr(checks, name), getattr(rl, name))
     assert not passed(getattr(checks, name), stub)
@@ -144,6 +145,132 @@ def _variant(kind):
 @pytest.mark.parametrize("kind", ["clip-only", "kl-sign", "token-mean", "no-mask", "objective", "fixed-eps"])
 def test_grpo_loss_check_rejects(kind):
     assert not passed(checks.grpo_loss, _variant(kind))
+
+
+def _aggregated(aggregation):
+    return lambda *args, **kwargs: rl.grpo_loss(*args, **kwargs, aggregation=aggregation)
+
+
+@pytest.mark.parametrize("aggregation", rl.AGGREGATIONS)
+def test_grpo_loss_check_accepts_each_aggregation_when_asked_for_it(aggregation):
+    assert passed(checks.grpo_loss, _aggregated(aggregation), aggregation)
+
+
+@pytest.mark.parametrize("asked,given", [(a, b) for a in rl.AGGREGATIONS for b in rl.AGGREGATIONS if a != b])
+def test_grpo_loss_check_rejects_a_mismatched_aggregation_and_names_it(asked, given):
+    assert not passed(checks.grpo_loss, _aggregated(given), asked)
+    assert f"your result is the {given} aggregation" in core.RESULTS[-1].message
+
+
+def test_grpo_loss_check_rejects_an_unknown_aggregation_name():
+    assert not passed(checks.grpo_loss, rl.grpo_loss, "mean")
+
+
+# --- loss aggregation ---------------------------------------------------------------------------------
+
+
+def test_loss_aggregation_check_passes_the_reference_and_fails_the_stub():
+    assert passed(checks.loss_aggregation, rl.aggregate)
+    assert not passed(checks.loss_aggregation, stub)
+
+
+def _one_scheme(scheme):
+    return lambda x, m, aggregation: rl.aggregate(x, m, scheme if aggregation in rl.AGGREGATIONS else "bad")
+
+
+@pytest.mark.parametrize("wrong", [
+    _one_scheme("sequence-mean"), _one_scheme("token-mean"), _one_scheme("constant"),
+    lambda x, m, a: (x * m).sum() / m.sum(1).clamp_min(1).sum() if a != "constant" else rl.aggregate(x, m, a),
+    lambda x, m, a: rl.aggregate(x, torch.ones_like(m), a),  # padding counted
+    lambda x, m, a: rl.aggregate(x.detach(), m, a),  # right values, no gradient
+    lambda x, m, a: rl.aggregate(x, m, a if a in rl.AGGREGATIONS else "constant"),  # unknown names accepted
+], ids=["always-sequence", "always-token", "always-constant", "token-for-sequence", "unmasked", "detached",
+        "no-validation"])
+def test_loss_aggregation_check_rejects(wrong):
+    assert not passed(checks.loss_aggregation, wrong)
+
+
+def test_aggregation_weights_short_and_long_responses_as_the_papers_say():
+    # one group: a 2-token and an 8-token response (T = 8), same advantage; d loss / d logp at ratio 1
+    mask = torch.tensor([[1.0] * 2 + [0.0] * 6, [1.0] * 8])
+    weights = {}
+    for scheme in rl.AGGREGATIONS:
+        logp = torch.zeros(2, 8, dtype=torch.float64, requires_grad=True)  # float64: the weights compare exactly
+        rl.grpo_loss(logp, logp.detach(), logp.detach(), torch.ones(2, 8, dtype=torch.float64), mask.double(),
+                     beta=0.0, aggregation=scheme).backward()
+        weights[scheme] = (-logp.grad[0, 0].item(), -logp.grad[1, 0].item())
+    assert weights["sequence-mean"] == (1 / (2 * 2), 1 / (2 * 8))  # 1/(G |o_i|): the short one 4x per token
+    assert weights["token-mean"] == (1 / 10, 1 / 10)  # one weight per token in the batch
+    assert weights["constant"] == (1 / 16, 1 / 16)  # 1/(G T)
+    with pytest.raises(ValueError):
+        rl.aggregate(torch.zeros(2, 8), mask, "mean")
+
+
+# --- the plumbing -------------------------------------------------------------------------------------
+
+
+def test_response_mask_check_rejects_common_mistakes():
+    stop = checks.STOP_ID
+    prompt_counted = lambda seq, w, s: rl.completion_mask(seq, s) * (seq != checks.TOK.stoi[" "]).float()
+    stop_left_out = lambda seq, w, s: rl.response_mask(seq, w, s) * (seq != s).float()
+    from_the_start = lambda seq, w, s: torch.cat([torch.zeros(seq.shape[0], w),
+                                                  rl.completion_mask(seq, s)[:, w:]], 1)  # stops in the prompt count
+    for wrong in (prompt_counted, stop_left_out, from_the_start):
+        assert not passed(checks.response_mask, wrong)
+    assert stop == checks.TOK.stoi["\n"]
+
+
+def _shifted(model, seq, mask):  # the classic bug: logits at t scored against token t
+    logits = model(seq).float().log_softmax(-1)
+    return logits.gather(2, seq.unsqueeze(-1)).squeeze(-1) * mask
+
+
+def _unmasked(model, seq, mask):
+    return rl.response_logprobs(model, seq, torch.ones_like(mask))
+
+
+def _detached(model, seq, mask):
+    return rl.response_logprobs(model, seq, mask).detach()
+
+
+@pytest.mark.parametrize("wrong,words", [(_shifted, "off by one"), (_unmasked, "must be 0"), (_detached, "gradient")],
+                         ids=["off-by-one", "unmasked", "detached"])
+def test_response_logprobs_check_catches_the_off_by_one_and_an_unmasked_sum(wrong, words):
+    assert not passed(checks.response_logprobs, wrong)
+    assert words in core.RESULTS[-1].message
+
+
+def _accumulate_with(share):
+    def fn(model, seq, mask, old_logp, advantages, microbatch_size, *, aggregation="sequence-mean"):
+        total = 0.0
+        for rows in torch.arange(seq.shape[0]).split(microbatch_size):
+            logp = rl.response_logprobs(model, seq[rows], mask[rows])
+            loss = rl.grpo_loss(logp, old_logp[rows], old_logp[rows], advantages[rows], mask[rows], beta=0.0,
+                                aggregation=aggregation)
+            (loss * share(rows, seq, mask)).backward()
+            total += float(loss.detach() * share(rows, seq, mask))
+        return total
+    return fn
+
+
+@pytest.mark.parametrize("share", [
+    lambda rows, seq, mask: 1.0,  # unscaled: the sum of the microbatch means
+    lambda rows, seq, mask: 1.0 / math.ceil(seq.shape[0] / len(rows)) if len(rows) else 0.0,  # 1/n_micro
+    lambda rows, seq, mask: len(rows) / seq.shape[0],  # rows, also for token-mean
+], ids=["unscaled", "one-over-n-micro", "rows-for-token-mean"])
+def test_accumulate_gradients_check_rejects_wrong_scaling(share):
+    assert not passed(checks.accumulate_gradients, _accumulate_with(share))
+
+
+def test_accumulate_gradients_check_rejects_zeroing_between_microbatches():
+    def zeroing(model, seq, mask, old_logp, advantages, microbatch_size, *, aggregation="sequence-mean"):
+        value = 0.0
+        for rows in torch.arange(seq.shape[0]).split(microbatch_size):
+            model.zero_grad()
+            value = rl.accumulate_gradients(model, seq[rows], mask[rows], old_logp[rows], advantages[rows],
+                                            microbatch_size, aggregation=aggregation)
+        return value
+    assert not passed(checks.accumulate_gradients, zeroing)
 
 
 def test_grpo_loss_check_rejects_a_detached_loss():

@@ -258,3 +258,103 @@ def test_train_grpo_requires_tinygpt_models(task):
     with pytest.raises(TypeError):
         rl.train_grpo(torch.nn.Linear(2, 2), other, TOK, task.train, task.heldout, width=task.width,
                       max_new_tokens=task.max_new_tokens, steps=1)
+
+
+# --- left padding with an attention mask ------------------------------------------------------------
+
+
+def test_padding_mask_marks_the_left_padding_false():
+    assert rl.padding_mask(["1+2=", "10+2="], 6).tolist() == [[False, False, True, True, True, True],
+                                                              [False, True, True, True, True, True]]
+    with pytest.raises(ValueError):
+        rl.padding_mask(["12345"], 4)
+
+
+# float32 logits of a 2-layer model: masked keys add exact zeros to each softmax, but the attention
+# runs over a different number of keys, so the summation order differs: ~1e-7 on O(1) log-probs.
+PAD_TOL = 1e-5
+
+
+@pytest.mark.parametrize("prompt", ["1+2=", "12+13="])
+def test_the_same_prompt_padded_to_two_lengths_gives_the_same_next_token_distribution(task, model, prompt):
+    def next_token_logp(width, masked):
+        ids = rl.encode_prompts(TOK, [prompt], width)
+        mask = rl.padding_mask([prompt], width) if masked else None
+        return model(ids, attention_mask=mask)[:, -1].float().log_softmax(-1)
+
+    short, long = len(prompt), model.config.block_size
+    assert (next_token_logp(short, True) - next_token_logp(long, True)).abs().max() <= PAD_TOL
+    # without the mask the spaces change the output (this model was trained with 4-wide prompts):
+    assert (next_token_logp(short, False) - next_token_logp(long, False)).abs().max() > 100 * PAD_TOL
+    # a prompt without padding is the same with or without the mask: the mask is all True
+    assert torch.equal(next_token_logp(short, True), next_token_logp(short, False))
+
+
+def test_masked_sampling_logprobs_match_a_masked_recomputation_and_ignore_padding(task, model):
+    prompts = ["1+2=", "9+9="]
+    g = lambda: torch.Generator().manual_seed(0)
+    narrow = rl.sample_completions(model, rl.encode_prompts(TOK, prompts, 4), 2, generator=g(),
+                                   prompt_mask=rl.padding_mask(prompts, 4))
+    ids = rl.encode_prompts(TOK, prompts, 5)  # block_size 7: 5 + 2 new tokens
+    mask = rl.padding_mask(prompts, 5)
+    wide = rl.sample_completions(model, ids, 2, generator=g(), prompt_mask=mask)
+    assert torch.equal(narrow[0], wide[0])  # same draws: the distributions agree to ~1e-7
+    assert torch.allclose(narrow[1], wide[1], atol=PAD_TOL)
+    again = rl.token_logprobs(model, ids, wide[0], prompt_mask=mask)
+    assert torch.allclose(again.detach(), wide[1], atol=PAD_TOL)
+    with pytest.raises(ValueError, match="prompt_mask"):
+        rl.token_logprobs(model, ids, wide[0], prompt_mask=mask.float())
+
+
+def test_tinygpt_rejects_an_attention_mask_of_the_wrong_shape(model):
+    ids = rl.encode_prompts(TOK, ["1+2="], 4)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(ids, attention_mask=torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_an_all_true_attention_mask_changes_nothing(model):
+    ids = torch.randint(0, 96, (3, model.config.block_size), generator=torch.Generator().manual_seed(0))
+    plain = model(ids)
+    masked = model(ids, attention_mask=torch.ones_like(ids, dtype=torch.bool))
+    assert torch.allclose(plain, masked, atol=1e-6)  # an explicit bool mask vs is_causal: float32 rounding only
+
+
+# --- the plumbing on whole sequences ---------------------------------------------------------------------
+
+
+def test_response_mask_covers_the_completion_through_its_first_stop():
+    seq = torch.stack([TOK.encode("  1+2=3\n\n"), TOK.encode(" 10+2=123")])
+    assert rl.response_mask(seq, 6, STOP_ID).tolist() == [[0] * 6 + [1, 1, 0], [0] * 6 + [1, 1, 1]]
+    with pytest.raises(ValueError):
+        rl.response_mask(seq, 9, STOP_ID)
+
+
+def test_response_logprobs_sum_to_the_log_probability_of_the_response(task, model):
+    ids = rl.encode_prompts(TOK, [e.prompt for e in task.train[:5]], task.width)
+    comps, logp = rl.sample_completions(model, ids, task.max_new_tokens, generator=torch.Generator().manual_seed(2))
+    seq = torch.cat([ids, comps], 1)
+    mask = rl.response_mask(seq, task.width, STOP_ID)
+    per_token = rl.response_logprobs(model, seq, mask)
+    assert per_token.requires_grad and torch.equal(per_token[mask == 0], torch.zeros(int((mask == 0).sum())))
+    sampled = (logp * rl.completion_mask(comps, STOP_ID)).sum(1)
+    assert torch.allclose(per_token.detach().sum(1), sampled, atol=1e-5)  # the KV-cached sampler: float32 order
+
+
+@pytest.mark.parametrize("aggregation", rl.AGGREGATIONS)
+def test_accumulated_gradients_equal_the_full_batch_gradient(task, model, aggregation):
+    m = copy.deepcopy(model)
+    ids = rl.encode_prompts(TOK, [e.prompt for e in task.train[:5]], task.width)
+    comps, _ = rl.sample_completions(m, ids, task.max_new_tokens, generator=torch.Generator().manual_seed(3))
+    seq = torch.cat([ids, comps], 1)
+    mask = rl.response_mask(seq, task.width, STOP_ID)
+    old = rl.response_logprobs(m, seq, mask).detach() + 0.05 * mask
+    adv = torch.linspace(-1, 1, 5).unsqueeze(1) * mask
+    full = rl.accumulate_gradients(m, seq, mask, old, adv, 5, aggregation=aggregation)
+    want = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    value = rl.accumulate_gradients(m, seq, mask, old, adv, 2, aggregation=aggregation)  # 2 + 2 + 1 rows
+    assert math.isclose(value, full, rel_tol=1e-5, abs_tol=1e-7)
+    for p, w in zip(m.parameters(), want, strict=True):
+        assert torch.allclose(p.grad, w, atol=1e-6, rtol=1e-4)  # float32, sums of ~100 terms
+    with pytest.raises(ValueError):
+        rl.accumulate_gradients(m, seq, mask, old, adv, 0)

@@ -16,12 +16,15 @@ reference in :mod:`course.rl`. Tolerances, where a result is not exact:
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
 from .. import rl
-from ..data import Example
-from .core import CheckFailed, assert_close, assert_tensor, check, grad_of, require
+from ..data import CharTokenizer, Example
+from ..models.tinygpt import GPTConfig, TinyGPT
+from .core import (CheckFailed, assert_close, assert_tensor, beside, check, grad_of, grading_seed, observation,
+                   require)
 
 ATOL, RTOL = 1e-5, 1e-5  # float32 elementwise arithmetic vs float64 reference (module docstring)
 ADV_ATOL = 1e-4  # normalised advantages: eps / std on top of ATOL (module docstring)
@@ -141,9 +144,33 @@ def _check_k3_gradient(fn, pi, pi_ref) -> None:
 # --- 10.3 clipped GRPO loss ---------------------------------------------------------------------
 
 
-def _loss_ref(logp, old_logp, ref_logp, adv, mask, clip_eps, beta):
+def _loss_ref(logp, old_logp, ref_logp, adv, mask, clip_eps, beta, aggregation="sequence-mean"):
     return rl.grpo_loss(logp.double(), old_logp.double(), ref_logp.double(), adv.double(), mask.double(),
-                        clip_eps=clip_eps, beta=beta)
+                        clip_eps=clip_eps, beta=beta, aggregation=aggregation)
+
+
+_SCHEME_HINTS = {
+    "sequence-mean": "average over the masked tokens of each completion (1/|o_i|), then over the completions (1/G)",
+    "token-mean": "sum over every masked token of the batch, divided by the number of those tokens (DAPO)",
+    "constant": "sum over every masked token of the batch, divided by B * T (Dr. GRPO's constant normaliser, "
+                "T = mask.shape[1])",
+}
+
+
+def _which_scheme(value: float, reference: Callable[[str], float]) -> str | None:
+    """The aggregation whose reference value ``value`` matches, if any (for a hint)."""
+    for scheme in rl.AGGREGATIONS:
+        if abs(value - reference(scheme)) <= ATOL + RTOL * abs(value):
+            return scheme
+    return None
+
+
+def _aggregation_hint(value: float, reference: Callable[[str], float], asked: str) -> str:
+    seen = _which_scheme(value, reference)
+    if seen is not None and seen != asked:
+        return (f"your result is the {seen} aggregation, but this check was asked for {asked}: "
+                f"{_SCHEME_HINTS[asked]} (call the check with aggregation={seen!r} if {seen} is what you mean)")
+    return _SCHEME_HINTS[asked] + "; padding after the stop token must not count"
 
 
 def _loss_and_grad(fn, logp, *rest, **kw):
@@ -156,8 +183,14 @@ def _loss_and_grad(fn, logp, *rest, **kw):
 
 
 @check
-def grpo_loss(fn):
-    """fn(logp, old_logp, ref_logp, advantages, mask, *, clip_eps, beta) -> scalar loss (-J_GRPO)."""
+def grpo_loss(fn, aggregation: str = "sequence-mean"):
+    """fn(logp, old_logp, ref_logp, advantages, mask, *, clip_eps, beta) -> scalar loss (-J_GRPO).
+
+    ``aggregation`` names how ``fn`` is meant to reduce the per-token terms (:func:`course.rl.aggregate`):
+    the paper's ``"sequence-mean"`` (default), DAPO's ``"token-mean"`` or Dr. GRPO's ``"constant"``.
+    """
+    if aggregation not in rl.AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {rl.AGGREGATIONS}, got {aggregation!r}")
     one = torch.zeros(1, 1)
     # 1) one token, ratio 1, advantage 1, no KL: J = 1, so the loss is -1
     value, _ = _loss_and_grad(fn, one, one, one, torch.ones(1, 1), torch.ones(1, 1), clip_eps=0.2, beta=0.0)
@@ -180,21 +213,23 @@ def grpo_loss(fn):
     logp = torch.tensor([[-1.0, -2.0]])
     ref = torch.tensor([[-1.5, -1.0]])
     zeros = torch.zeros(1, 2)
-    value, _ = _loss_and_grad(fn, logp, logp.clone(), ref, zeros, torch.ones(1, 2), clip_eps=0.2, beta=0.5)
-    want, _ = _loss_and_grad(_loss_ref, logp, logp.clone(), ref, zeros, torch.ones(1, 2), clip_eps=0.2, beta=0.5)
+    ones = torch.ones(1, 2)  # both tokens count: every aggregation gives the mean here
+    value, _ = _loss_and_grad(fn, logp, logp.clone(), ref, zeros, ones, clip_eps=0.2, beta=0.5)
+    want, _ = _loss_and_grad(_loss_ref, logp, logp.clone(), ref, zeros, ones, clip_eps=0.2, beta=0.5)
     assert_close(value, want.float(), atol=ATOL, rtol=RTOL, name="loss with zero advantages, beta=0.5",
                  hint="with A = 0 the loss is + beta * mean KL (k3 estimator): penalise, do not reward, the KL")
-    # 4) averaging: mean over each completion's own tokens, then over completions
-    logp = torch.tensor([[0.1, 0.0, 0.0, 0.0], [0.05, -0.1, 0.02, 0.1]])
-    old = torch.zeros(2, 4)
-    adv = torch.tensor([[1.0, 1.0, 1.0, 1.0], [-0.5, -0.5, -0.5, -0.5]])
-    mask = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    # 4) aggregation over completions of 1 and 4 tokens (of T = 5): the three schemes give three values
+    logp = torch.tensor([[0.1, 0.0, 0.0, 0.0, 0.0], [0.05, -0.1, 0.02, 0.1, 0.0]])
+    old = torch.zeros(2, 5)
+    adv = torch.tensor([[1.0] * 5, [-0.5] * 5])
+    mask = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 0.0]])
     value, grad = _loss_and_grad(fn, logp, old, old, adv, mask, clip_eps=0.2, beta=0.0)
-    want, want_grad = _loss_and_grad(_loss_ref, logp, old, old, adv, mask, clip_eps=0.2, beta=0.0)
+    want, want_grad = _loss_and_grad(_loss_ref, logp, old, old, adv, mask, clip_eps=0.2, beta=0.0,
+                                     aggregation=aggregation)
     inputs = {"logp": logp, "mask": mask, "advantages": adv}
-    assert_close(value, want.float(), atol=ATOL, rtol=RTOL, name="loss on completions of 1 and 4 tokens",
-                 inputs=inputs, hint="average over the masked tokens of each completion (1/|o_i|), then over the "
-                                     "completions (1/G); padding after the stop token must not count")
+    ref_value = lambda scheme: float(_loss_ref(logp, old, old, adv, mask, 0.2, 0.0, scheme))
+    assert_close(value, want.float(), atol=ATOL, rtol=RTOL, name=f"{aggregation} loss on completions of 1 and 4 tokens",
+                 inputs=inputs, hint=_aggregation_hint(float(value), ref_value, aggregation))
     assert_close(grad, want_grad.float(), atol=ATOL, rtol=RTOL, name="d loss / d logp (lengths 1 and 4)",
                  inputs=inputs, hint="masked tokens get no gradient")
     # 5) random batch with everything switched on
@@ -207,12 +242,50 @@ def grpo_loss(fn):
     mask = (torch.arange(t) < torch.randint(1, t + 1, (b, 1), generator=g)).float()
     for clip_eps, beta in ((0.2, 0.04), (0.1, 0.3)):
         value, grad = _loss_and_grad(fn, logp, old, ref, adv, mask, clip_eps=clip_eps, beta=beta)
-        want, want_grad = _loss_and_grad(_loss_ref, logp, old, ref, adv, mask, clip_eps=clip_eps, beta=beta)
+        want, want_grad = _loss_and_grad(_loss_ref, logp, old, ref, adv, mask, clip_eps=clip_eps, beta=beta,
+                                         aggregation=aggregation)
         assert_close(value, want.float(), atol=ATOL, rtol=RTOL, name=f"loss (clip_eps={clip_eps}, beta={beta})")
         assert_close(grad, want_grad.float(), atol=ATOL, rtol=RTOL,
                      name=f"d loss / d logp (clip_eps={clip_eps}, beta={beta})",
                      hint="use the clip_eps and beta arguments, not constants")
-    return "value, clipping gradient, KL penalty and per-completion averaging"
+    return f"value, clipping gradient, KL penalty and {aggregation} aggregation"
+
+
+# --- loss aggregation -------------------------------------------------------------------------------
+
+
+@check
+def loss_aggregation(fn):
+    """fn(per_token (B, T), mask (B, T), aggregation) -> scalar: sequence-mean, token-mean or constant."""
+    g = _gen(grading_seed(6))
+    per_token = torch.tensor([[2.0, 9.0, 9.0, 9.0, 9.0], [1.0, 1.0, 1.0, 1.0, 9.0]])  # 9s sit under the mask
+    mask = torch.tensor([[1.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 0.0]])
+    by_hand = {"sequence-mean": (2.0 + 1.0) / 2, "token-mean": (2.0 + 4.0) / 5, "constant": (2.0 + 4.0) / (2 * 5)}
+    b, t = 6, 7
+    rand_terms = torch.randn(b, t, generator=g)
+    rand_mask = (torch.arange(t) < torch.randint(1, t + 1, (b, 1), generator=g)).float()
+    for aggregation in rl.AGGREGATIONS:
+        for label, x, m, want in [("lengths 1 and 4 of T = 5", per_token, mask, torch.tensor(by_hand[aggregation])),
+                                  ("random batch, 6 rows of T = 7", rand_terms, rand_mask,
+                                   rl.aggregate(rand_terms.double(), rand_mask.double(), aggregation).float())]:
+            got = fn(x, m, aggregation)
+            assert_tensor(got, f"{aggregation} [{label}]", shape=())
+            ref_value = lambda scheme, x=x, m=m: float(rl.aggregate(x.double(), m.double(), scheme))
+            assert_close(got, want, atol=ATOL, rtol=RTOL, name=f"{aggregation} [{label}]",
+                         inputs={"per_token": x, "mask": m}, hint=_aggregation_hint(float(got), ref_value, aggregation))
+        # the terms are what the learner differentiates: the weight of every token must be the scheme's
+        seen = grad_of(fn, (rand_terms, rand_mask, aggregation))  # in the learner's process when judged
+        leaf = rand_terms.clone().requires_grad_(True)
+        want_grad = torch.autograd.grad(rl.aggregate(leaf, rand_mask, aggregation), leaf)[0]
+        require(seen["grads"][0] is not None, f"{aggregation}: no gradient reaches per_token (do not detach it)")
+        assert_close(seen["grads"][0], want_grad, atol=ATOL, rtol=RTOL, name=f"per-token weights of {aggregation}",
+                     hint="masked tokens must get weight 0")
+    try:
+        fn(per_token, mask, "mean")
+    except ValueError:
+        return "sequence-mean, token-mean and constant on hand-made and random batches; unknown names rejected"
+    raise CheckFailed("fn(per_token, mask, 'mean') should raise ValueError: the aggregation must be one of "
+                      f"{rl.AGGREGATIONS}")
 
 
 # --- 10.4 process supervision ---------------------------------------------------------------
@@ -309,3 +382,158 @@ def rft_examples(fn):
                 "samples), in the order given; the answer is the sample's first line, stripped (course.data."
                 "is_correct decides what is correct)")
     return "correct samples kept, repeats counted, wrong ones dropped"
+
+
+# --- the plumbing: response mask, per-token log-probs, gradient accumulation ---------------------
+
+TOK = CharTokenizer()
+STOP_ID = TOK.stoi[rl.STOP]
+
+
+def _sequences(texts: list[tuple[str, str]], width: int) -> torch.Tensor:
+    """Rows ``prompt left-padded to width + completion``, all completions of one length."""
+    return torch.stack([torch.cat([rl.encode_prompts(TOK, [p], width)[0], TOK.encode(c)]) for p, c in texts])
+
+
+@check
+def response_mask(fn):
+    """fn(seq (B, L), prompt_width, stop_id) -> (B, L): 1 on the completion through its first stop, else 0."""
+    cases = [
+        ("one row, answer then stop", [("1+2=", "3\n\n")], 4, [[0, 0, 0, 0, 1, 1, 0]]),
+        ("left padding and a completion that never stops", [("1+2=", "34\n"), ("12+13=", "255")], 6,
+         [[0, 0, 0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0, 1, 1, 1]]),
+        ("stop first, tokens after it", [("9+9=", "\n18")], 4, [[0, 0, 0, 0, 1, 0, 0]]),
+        ("a stop token inside the prompt", [("a\nb=", "7\n1")], 4, [[0, 0, 0, 0, 1, 1, 0]]),
+    ]
+    for label, texts, width, want in cases:
+        seq = _sequences(texts, width)
+        original = seq.clone()
+        got = fn(seq, width, STOP_ID)
+        assert_tensor(got, f"response_mask [{label}]", shape=seq.shape, inputs={"seq": seq})
+        require(torch.equal(seq, original), f"[{label}] response_mask changed seq in place")
+        want = torch.tensor(want, dtype=torch.float32)
+        hint = ("0 on the prompt and its left padding (the first prompt_width tokens), 1 on the completion up to "
+                "and including its first stop token, 0 after it")
+        if label.startswith("a stop"):
+            hint = "only stop tokens of the completion count: look for the first stop after the prompt"
+        require(torch.equal(got.float(), want),
+                f"response_mask [{label}] for {[p + '|' + c for p, c in texts]!r}: expected {want.int().tolist()}, "
+                f"got {got.tolist()}\n  hint: {hint}")
+    return f"{len(cases)} cases: padding, no stop, stop first, a stop inside the prompt"
+
+
+def _small_model(seed: int) -> TinyGPT:
+    torch.manual_seed(seed)
+    return TinyGPT(GPTConfig(vocab_size=TOK.vocab_size, block_size=12, n_layer=1, n_head=2, d_model=16)).eval()
+
+
+def _batch(seed: int, rows: int, width: int = 6, length: int = 4):
+    """Random prompts and completions with random stops: (seq, mask) as the exercises use them."""
+    g = _gen(seed)
+    digits = "0123456789"
+    pick = lambda n: "".join(digits[i] for i in torch.randint(10, (n,), generator=g).tolist())
+    texts = []
+    for _ in range(rows):
+        a, b = pick(1 + int(torch.randint(2, (1,), generator=g))), pick(1 + int(torch.randint(2, (1,), generator=g)))
+        stop_at = int(torch.randint(length + 1, (1,), generator=g))  # == length: no stop
+        comp = pick(length)
+        if stop_at < length:
+            comp = comp[:stop_at] + "\n" + comp[stop_at + 1:]
+        texts.append((f"{a}+{b}=", comp))
+    seq = _sequences(texts, width)
+    return seq, rl.response_mask(seq, width, STOP_ID)
+
+
+# logits of a float32 model on up to 12 positions, log_softmax over 96 classes: a different but
+# equivalent computation (whole sequence vs seq[:, :-1], gather vs cross_entropy) differs by < 1e-6,
+# while an off-by-one or a missing mask is off by > 0.1 on these inputs.
+LOGP_ATOL = 1e-5
+
+
+@check
+def response_logprobs(fn):
+    """fn(model, seq (B, L), mask (B, L)) -> (B, L): log pi(seq[t] | seq[:t]) where mask is 1, 0 elsewhere."""
+    model = _small_model(grading_seed(7))
+    for rows in (1, 5):
+        seq, mask = _batch(grading_seed(8 + rows), rows)
+        seen = grad_of(fn, (beside(model, fn), seq, mask), wrt=(), params=[(0, "embed.weight")])
+        got = seen["value"]
+        assert_tensor(got, f"response_logprobs ({rows} rows)", shape=seq.shape, inputs={"seq": seq, "mask": mask})
+        want = rl.response_logprobs(model, seq, mask).detach()
+        with torch.no_grad():  # the independent route: prompt and completion apart (rl.token_logprobs)
+            per_response = (rl.token_logprobs(model, seq[:, :6], seq[:, 6:]) * mask[:, 6:]).sum(1)
+        logits = model(seq).detach().float().log_softmax(-1)
+        same_position = logits.gather(2, seq.unsqueeze(-1)).squeeze(-1) * mask
+        hint = "token t is scored by the logits at position t - 1: log_softmax(model(seq[:, :-1]))[t - 1, seq[t]]"
+        if torch.allclose(got.float(), same_position, atol=LOGP_ATOL):
+            hint = ("off by one: the logits at position t predict token t + 1, so score seq[:, 1:] with the logits "
+                    "of seq[:, :-1] and put the result at positions 1..L-1")
+        elif bool((got.float()[mask == 0].abs() > LOGP_ATOL).any()):
+            hint = ("entries where mask is 0 (prompt, padding, tokens after the stop) must be 0: multiply by the mask, "
+                    f"or a row's sum is not log pi(response); here row sums are {got.float().sum(1).tolist()} "
+                    f"vs {per_response.tolist()}")
+        assert_close(got, want.float(), atol=LOGP_ATOL, rtol=0.0, name=f"response_logprobs ({rows} rows)",
+                     inputs={"seq": seq, "mask": mask}, hint=hint)
+        assert_close(got.float().sum(1), per_response, atol=LOGP_ATOL * seq.shape[1], rtol=0.0,
+                     name="row sums vs log pi(response | prompt)", hint=hint)
+        grad = seen["params"][0]
+        require(seen["requires_grad"] and grad is not None and grad.abs().sum() > 0,
+                "response_logprobs: no gradient reaches the model's parameters (a loss is built on these "
+                "log-probs: do not detach, no torch.no_grad)")
+    return "alignment, masking and row sums against log pi(response | prompt); gradients flow"
+
+
+@observation
+def accumulated_grads(fn, model, args, kwargs) -> dict:
+    """Next to the learner's code: zero ``model``'s grads, call ``fn(model, *args, **kwargs)`` and return
+    what it returned and the parameters' ``.grad`` (what the check compares)."""
+    model.zero_grad(set_to_none=True)
+    value = fn(model, *args, **kwargs)
+    return {"value": value, "grads": {n: None if p.grad is None else p.grad.clone()
+                                      for n, p in model.named_parameters()}}
+
+
+# float32: the microbatched and full forward passes compute each row alike up to a few ulps, and
+# a gradient entry sums at most ~100 terms; 1e-6 absolute plus 1e-4 relative leaves room for that
+# only, while a loss left unscaled is off by a factor of 2 or more (a relative error >= 0.5).
+GRAD_ATOL, GRAD_RTOL = 1e-6, 1e-4
+
+
+@check
+def accumulate_gradients(fn):
+    """fn(model, seq, mask, old_logp, advantages, microbatch_size, *, aggregation) -> float loss; grads in .grad."""
+    model = _small_model(grading_seed(11))
+    seq, mask = _batch(grading_seed(12), 6)
+    g = _gen(grading_seed(13))
+    with torch.no_grad():
+        old = rl.response_logprobs(model, seq, mask) + 0.1 * torch.randn(seq.shape, generator=g) * mask
+    adv = torch.randn(6, 1, generator=g).expand(seq.shape).contiguous() * mask
+    for aggregation in rl.AGGREGATIONS:
+        model.zero_grad(set_to_none=True)
+        want_loss = rl.grpo_loss(rl.response_logprobs(model, seq, mask), old, old, adv, mask, beta=0.0,
+                                 aggregation=aggregation)
+        want_loss.backward()
+        want = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        for micro in (6, 2, 4):  # one microbatch, equal ones, and an uneven last one (4 + 2 rows)
+            seen = accumulated_grads(fn, model, (seq, mask, old, adv, micro), {"aggregation": aggregation})
+            label = f"{aggregation}, microbatches of {micro} of 6 rows"
+            value = seen["value"]
+            require(isinstance(value, (float, int, torch.Tensor)) and not isinstance(value, bool),
+                    f"[{label}] expected the full batch's loss as a float, got {type(value).__name__}")
+            for name, w in want.items():
+                got = seen["grads"][name]
+                require(got is not None, f"[{label}] no gradient reached {name}: call backward on each microbatch's loss")
+                ratio = float(got.flatten() @ w.flatten() / (w.flatten() @ w.flatten()))
+                hint = ("weight each microbatch's loss by its share of the batch: rows/B for sequence-mean and constant, "
+                        "its masked tokens / all masked tokens for token-mean; then the sum of the scaled losses is "
+                        "the full batch's loss")
+                if abs(ratio - 1.0) > 0.2 and micro < 6:
+                    hint = (f"the accumulated gradient is {ratio:.2f}x the full batch's: a microbatch's loss is already a "
+                            f"mean, so scale it by its share of the batch before backward. " + hint)
+                assert_close(got, w, atol=GRAD_ATOL, rtol=GRAD_RTOL, name=f"[{label}] grad of {name}", hint=hint)
+            assert_close(torch.as_tensor(float(value)), want_loss.detach(), atol=ATOL, rtol=RTOL,
+                         name=f"[{label}] returned loss", hint="return the full batch's loss: the sum of the scaled "
+                                                              "microbatch losses")
+    model.zero_grad(set_to_none=True)
+    return "gradients equal the full batch's for 1, 2 and 3 microbatches (one uneven), all three aggregations"

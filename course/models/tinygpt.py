@@ -122,7 +122,10 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``key_mask`` (B, past + T) bool, optional: keys marked False (padding) are not attended to,
+        except by their own query, which keeps a padding row's softmax finite."""
         b, t, d = x.shape
         q, k, v = (self.split_heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
         past = 0
@@ -130,7 +133,13 @@ class MultiHeadAttention(nn.Module):
             past = cache.length
             k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
-        if past == 0:
+        if key_mask is not None:
+            causal = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            keys = torch.arange(past + t, device=x.device)
+            itself = keys[None, :] == (past + torch.arange(t, device=x.device))[:, None]
+            allowed = (causal & key_mask[:, None, None, :]) | itself  # (B, 1, T, past + T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+        elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
             # New queries sit at positions past..past+t-1 and may see every key up to their own.
@@ -166,11 +175,13 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.pre_ln = pre_ln
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        masked = () if key_mask is None else (key_mask,)  # attention modules swapped in may not take one
         if self.pre_ln:
-            x = x + self.drop(self.attn(self.ln1(x), cache, layer))
+            x = x + self.drop(self.attn(self.ln1(x), cache, layer, *masked))
             return x + self.ffn(self.ln2(x))
-        x = self.ln1(x + self.drop(self.attn(x, cache, layer)))
+        x = self.ln1(x + self.drop(self.attn(x, cache, layer, *masked)))
         return self.ln2(x + self.ffn(x))
 
 
@@ -202,12 +213,18 @@ class TinyGPT(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def features(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def features(self, idx: torch.Tensor, cache: KVCache | None = None,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The final (B, T, d_model) features, what the language-model head reads.
 
         A reward or value model puts its own head on these (notebook 09). With a ``cache``, ``idx``
         holds only the new tokens; their positions continue after the cached ones, and the cache
         advances by T.
+
+        ``attention_mask`` (optional, B x (cached + T) bool, covering the cached positions too) marks
+        real tokens True and padding False: no token attends to padding, and a token's position is
+        the number of real tokens before it, so left padding changes nothing for the real tokens.
+        Without it every token is real (the behaviour notebooks 01-05 use).
         """
         if idx.dim() != 2 or idx.dtype != torch.long:
             raise ValueError(f"idx must be a (batch, time) tensor of token ids (long), got shape "
@@ -217,22 +234,33 @@ class TinyGPT(nn.Module):
         if past + t > self.config.block_size:
             raise ValueError(f"sequence of {past + t} positions exceeds block_size={self.config.block_size}")
         d = self.config.d_model
-        pos = sinusoidal_positions(t, d, offset=past).to(idx.device, self.embed.weight.dtype)
+        if attention_mask is None:
+            pos = sinusoidal_positions(t, d, offset=past).to(idx.device, self.embed.weight.dtype)
+            masked = ()
+        else:
+            if attention_mask.shape != (b, past + t) or attention_mask.dtype != torch.bool:
+                raise ValueError(f"attention_mask must be bool of shape (batch, cached + new) = {(b, past + t)}, "
+                                 f"got {attention_mask.dtype} {tuple(attention_mask.shape)}")
+            index = (attention_mask.long().cumsum(1) - 1).clamp_min(0)[:, past:]  # real tokens count from 0
+            table = sinusoidal_positions(self.config.block_size, d).to(idx.device, self.embed.weight.dtype)
+            pos = table[index]
+            masked = (attention_mask,)
         x = self.drop(self.embed(idx) * math.sqrt(d) + pos)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache, i)
+            x = block(x, cache, i, *masked)
         if cache is not None:
             cache.advance(t)
         return self.ln_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None):
+                cache: KVCache | None = None, attention_mask: torch.Tensor | None = None):
         """Logits (B, T, vocab); with ``targets`` also the mean cross-entropy loss.
 
         With a ``cache``, ``idx`` holds only the new tokens; their positions continue after the
-        cached ones, and the cache advances by T.
+        cached ones, and the cache advances by T. ``attention_mask``: see :meth:`features`.
         """
-        logits = self.lm_head(self.features(idx, cache))
+        feats = self.features(idx, cache) if attention_mask is None else self.features(idx, cache, attention_mask)
+        logits = self.lm_head(feats)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
