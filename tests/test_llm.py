@@ -535,3 +535,141 @@ def test_wordpiece_splits_like_bert(tmp_path):
 
 def test_parsing_module_exports_are_the_package_exports():
     assert llm.parse_json is parsing.parse_json and llm.code_blocks is parsing.code_blocks
+
+
+# --- tool calling through the HTTP backend (request options, typed tool calls, token source) ----------
+
+
+def tool_completion(calls, content=None, usage=(40, 12)):
+    message = {"role": "assistant", "content": content, "tool_calls": calls}
+    body = {"choices": [{"message": message, "finish_reason": "tool_calls"}]}
+    if usage:
+        body["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
+    return json.dumps(body)
+
+
+def get_weather(city: str, unit: str = "celsius") -> str:
+    """Current weather in a city."""
+    return f"12 degrees {unit} in {city}"
+
+
+def test_http_backend_sends_tools_tool_choice_response_format_and_seed(server):
+    server.plan.append((200, completion("ok"), 0))
+    spec = llm.tool_schema(get_weather)
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}
+    llm.OpenAICompatible(server.url, "m").chat([llm.user("weather?")], tools=[get_weather], tool_choice="required",
+                                               response_format=fmt, seed=7)
+    body = server.requests[0]["body"]
+    assert body["tools"] == [spec] and body["tool_choice"] == "required"
+    assert body["response_format"] == fmt and body["seed"] == 7
+
+
+def test_http_backend_leaves_out_request_options_that_were_not_given(server):
+    server.plan.append((200, completion("ok"), 0))
+    llm.OpenAICompatible(server.url, "m").chat([llm.user("hi")])
+    assert set(server.requests[0]["body"]) == {"model", "messages", "temperature"}
+
+
+def test_http_backend_parses_tool_calls_into_typed_objects_with_server_token_counts(server):
+    calls = [{"id": "call_a1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
+             {"id": "call_b2", "type": "function", "function": {"name": "get_weather", "arguments": "{city: Oslo"}}]
+    server.plan.append((200, tool_completion(calls), 0))
+    reply = llm.OpenAICompatible(server.url, "m").chat([llm.user("weather?")], tools=[get_weather])
+    assert reply.content == "" and len(reply.tool_calls) == 2
+    first, second = reply.tool_calls
+    assert first == llm.ToolCall("get_weather", {"city": "Oslo"}, "call_a1")
+    # arguments that are not JSON are kept verbatim, so the agent can show the model what it sent
+    assert second.arguments == {} and second.raw_arguments == "{city: Oslo" and second.id == "call_b2"
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.source) == (40, 12, "server")
+
+
+def test_http_backend_sends_the_tool_call_and_its_tool_message_back_with_the_call_id(server):
+    call = llm.ToolCall("get_weather", {"city": "Oslo"}, "call_a1")
+    server.plan.append((200, completion("It is 12 degrees."), 0))
+    conversation = [llm.user("weather?"), llm.assistant("", tool_calls=[call]),
+                    llm.tool_result(call, "12 degrees celsius in Oslo")]
+    llm.OpenAICompatible(server.url, "m").chat(conversation, tools=[get_weather])
+    sent = server.requests[0]["body"]["messages"]
+    assert sent[1] == {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call_a1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}
+    assert sent[2] == {"role": "tool", "content": "12 degrees celsius in Oslo", "name": "get_weather",
+                       "tool_call_id": "call_a1"}
+
+
+def test_http_backend_estimates_tokens_and_says_so_when_usage_is_missing_or_broken(server):
+    server.plan.append((200, completion("two words", usage=None), 0))
+    server.plan.append((200, json.dumps({"choices": [{"message": {"content": "two words"}}],
+                                         "usage": {"prompt_tokens": "11", "completion_tokens": 3}}), 0))
+    model = llm.OpenAICompatible(server.url, "m")
+    for _ in range(2):
+        usage = model.chat([llm.user("hi")]).usage
+        assert usage.source == "estimate" and usage.estimated and usage.completion_tokens == 2
+
+
+def test_http_backend_rejects_a_malformed_tool_call_with_a_sentence(server):
+    server.plan.append((200, tool_completion([{"id": "x", "type": "function", "function": {"arguments": "{}"}}]), 0))
+    with pytest.raises(llm.LLMError, match="malformed tool call"):
+        llm.OpenAICompatible(server.url, "m").chat([llm.user("hi")])
+
+
+def test_chat_validates_tool_options_before_calling_the_backend():
+    model = llm.ScriptedModel(["x"])
+    with pytest.raises(ValueError, match="tool_choice"):
+        model.chat([llm.user("a")], tools=[get_weather], tool_choice="always")
+    with pytest.raises(ValueError, match="must name one of the tools"):
+        model.chat([llm.user("a")], tools=[get_weather], tool_choice={"type": "function", "function": {"name": "x"}})
+    with pytest.raises(ValueError, match="needs tools="):
+        model.chat([llm.user("a")], tool_choice="required")
+    with pytest.raises(ValueError, match=r"tools\[0\]"):
+        model.chat([llm.user("a")], tools=[{"name": "get_weather"}])
+    with pytest.raises(ValueError, match="response_format"):
+        model.chat([llm.user("a")], response_format={"type": "yaml"})
+    with pytest.raises(TypeError, match="seed"):
+        model.chat([llm.user("a")], seed=1.5)
+    assert model.position == 0  # nothing reached the backend
+
+
+def test_messages_with_tool_calls_round_trip_through_dicts():
+    call = llm.ToolCall("get_weather", {"city": "Oslo"}, "call_1")
+    for message in (llm.assistant("", tool_calls=[call]), llm.tool_result(call, "12 degrees")):
+        assert llm.Message.coerce(message.to_dict()) == message
+    server_form = {"role": "assistant", "content": None, "tool_calls": [call.to_dict()]}
+    assert llm.Message.coerce(server_form).tool_calls == (call,)
+    with pytest.raises(ValueError, match="only an assistant"):
+        llm.Message("user", "x", tool_calls=(call,))
+    with pytest.raises(ValueError, match="tool_call_id"):
+        llm.Message("user", "x", tool_call_id="call_1")
+    assert llm.user("plain").to_dict() == {"role": "user", "content": "plain"}  # old transcripts keep their keys
+
+
+def test_offline_models_accept_tool_options_and_answer_with_tool_calls():
+    call = llm.ToolCall("get_weather", {"city": "Oslo"}, "call_1")
+    scripted = llm.ScriptedModel([llm.assistant("", tool_calls=[call]), "done"])
+    reply = scripted.chat([llm.user("weather?")], tools=[get_weather], tool_choice="auto", seed=3)
+    assert reply.tool_calls == (call,) and reply.usage.source == "estimate"
+    # the estimate counts the tool specs offered and the call made, as a server would
+    plain = llm.ScriptedModel(["x"]).chat([llm.user("weather?")]).usage.prompt_tokens
+    assert reply.usage.prompt_tokens > plain and reply.usage.completion_tokens > 0
+
+    seen = {}
+
+    def policy(messages, tools=None, **options):
+        seen.update(tools=[t["function"]["name"] for t in tools or []], **options)
+        return "ok"
+
+    llm.RuleModel(policy).chat([llm.user("a")], tools=[get_weather], seed=5)
+    assert seen == {"tools": ["get_weather"], "seed": 5}
+    assert llm.RuleModel(lambda m: "plain").chat([llm.user("a")], tools=[get_weather]).content == "plain"
+
+
+def test_record_and_replay_keep_tool_calls_and_the_token_source(tmp_path):
+    call = llm.ToolCall("get_weather", {"city": "Oslo"}, "call_1")
+    recorder = llm.Recorder(llm.ScriptedModel([llm.assistant("", tool_calls=[call])]))
+    recorded = recorder.chat([llm.user("weather?")], tools=[get_weather])
+    replay = llm.ReplayModel(recorder.save(tmp_path / "t.json"))
+    replayed = replay.chat([llm.user("weather?")], tools=[get_weather])
+    assert replayed.tool_calls == (call,) and replayed.usage.source == recorded.usage.source == "estimate"
+    assert replayed.usage.total_tokens == recorded.usage.total_tokens
+    again = llm.ReplayModel(recorder.transcript())
+    with pytest.raises(llm.ReplayMismatch, match="offers tools"):
+        again.chat([llm.user("weather?")])

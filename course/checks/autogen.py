@@ -1,5 +1,6 @@
 """Checks for notebook 11 (AutoGen): code extraction, the executing auto-reply, the two-agent loop,
-speaker selection with a fallback, and human-in-the-loop input.
+speaker selection with a fallback, human-in-the-loop input, and a tool's JSON Schema from its
+Python signature.
 
 Everything here is exact (strings, lists, call counts): no tolerances are needed. The chat models
 the checks use are :class:`course.llm.ScriptedModel` and :class:`course.llm.RuleModel`, so a check
@@ -11,6 +12,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from .. import llm
+from ..llm import tools as reference_tools
 from ..llm.policies import autogen as tasks
 from .core import CheckFailed, check, require
 
@@ -282,3 +284,98 @@ def human_reply(fn, exit_token):
     else:
         raise CheckFailed("mode 'SOMETIMES' should raise ValueError")
     return f"{len(cases)} mode/answer combinations and a bad mode"
+
+
+# --- 11.6 -----------------------------------------------------------------------------------------
+
+_PYTHON_NAMES = {"int", "float", "str", "bool", "list", "dict", "None", "NoneType"}
+_REFUSALS = {"untyped": "its parameter `path` has no annotation, so there is no type to tell the model",
+             "undocumented": "it has no docstring, so there is no description for the model to read"}
+
+
+def _without_descriptions(schema):
+    """A property schema without 'description' (the exercise does not ask for parameter descriptions)."""
+    if not isinstance(schema, dict):
+        return schema
+    return {k: _without_descriptions(v) for k, v in schema.items() if not (k == "description" and isinstance(v, str))}
+
+
+def _type_hint(name, prop, got, want) -> str:
+    got_types = got.get("type") if isinstance(got, dict) else None
+    got_types = got_types if isinstance(got_types, list) else [got_types]
+    want_types = want["type"] if isinstance(want["type"], list) else [want["type"]]
+    if any(t in _PYTHON_NAMES for t in got_types if isinstance(t, str)):
+        return "\n  hint: JSON Schema names the types integer, number, string, boolean, array, object, null"
+    if "boolean" in want_types and "integer" in got_types:
+        return "\n  hint: bool is a subclass of int in Python; test for bool before int"
+    if "null" in want_types and "null" not in got_types:
+        return "\n  hint: Optional[T] means null is allowed: add \"null\" to the type (and to the enum, if any)"
+    if "enum" in want and "enum" not in got:
+        return "\n  hint: a Literal[...] is an \"enum\" of its values (with their JSON type)"
+    if "items" in want and "items" not in got:
+        return "\n  hint: list[T] is {\"type\": \"array\", \"items\": <schema of T>}"
+    if "default" in want and "default" not in got:
+        return "\n  hint: write a parameter's default into its schema as \"default\""
+    return ""
+
+
+def _compare_schema(name, got, want):
+    """Raise CheckFailed at the first difference between the learner's spec and the reference."""
+    require(isinstance(got, dict) and got.get("type") == "function" and isinstance(got.get("function"), dict),
+            f"tool_schema({name}) should return {{\"type\": \"function\", \"function\": {{...}}}}, got {_show(got)}")
+    function, expected = got["function"], want["function"]
+    require(function.get("name") == expected["name"], f"tool_schema({name}): function.name should be "
+            f"{expected['name']!r}, got {_show(function.get('name'))}")
+    require(function.get("description") == expected["description"],
+            f"tool_schema({name}): the description should be {expected['description']!r}, got "
+            f"{_show(function.get('description'))}\n  hint: the docstring's first paragraph (inspect.cleandoc, up to "
+            "the first blank line), its lines joined by single spaces")
+    params, wanted = function.get("parameters"), expected["parameters"]
+    require(isinstance(params, dict) and params.get("type") == "object",
+            f"tool_schema({name}): parameters should be a JSON Schema {{\"type\": \"object\", ...}}, got {_show(params)}")
+    props = params.get("properties")
+    require(isinstance(props, dict) and list(props) == list(wanted["properties"]),
+            f"tool_schema({name}): parameters.properties should have the keys {list(wanted['properties'])} in "
+            f"signature order, got {_show(props)}")
+    for prop, want_prop in wanted["properties"].items():
+        got_prop = _without_descriptions(props[prop])
+        want_prop = _without_descriptions(want_prop)
+        require(got_prop == want_prop, f"tool_schema({name}): the schema of parameter {prop!r} should be "
+                f"{_show(want_prop)}, got {_show(got_prop)}{_type_hint(name, prop, got_prop, want_prop)}")
+    required = params.get("required")
+    require(required is not None, f"tool_schema({name}): parameters has no \"required\" list, so the model may "
+            f"leave out any argument; expected {wanted['required']}")
+    require(required == wanted["required"], f"tool_schema({name}): required should be {wanted['required']} "
+            f"(the parameters without a default, in order), got {_show(required)}")
+    require(params.get("additionalProperties") is False, f"tool_schema({name}): parameters should say "
+            "\"additionalProperties\": false, so an argument the function does not take is refused")
+    require(set(params) == set(wanted) and set(function) == set(expected) and set(got) == set(want),
+            f"tool_schema({name}): unexpected keys; expected exactly {_show(want)}, got {_show(got)}")
+
+
+@check
+def tool_schema(fn, examples):
+    """``fn(function)`` returns the OpenAI tool spec of each course example, or refuses the bad ones."""
+    require(callable(fn), f"tool_schema must be a function, got {type(fn).__name__}")
+    reference = reference_tools.SCHEMA_EXAMPLES
+    require(isinstance(examples, (tuple, list)) and len(examples) == len(reference),
+            f"pass the course's examples: check.tool_schema(tool_schema, llm.tools.SCHEMA_EXAMPLES) "
+            f"({len(reference)} functions)")
+    for example, mine in zip(examples, reference):
+        name = mine.__name__
+        if name in _REFUSALS:
+            kind = TypeError if name == "untyped" else ValueError
+            try:
+                got = fn(example)
+            except NotImplementedError:
+                raise
+            except kind:
+                continue
+            except Exception as error:  # noqa: BLE001 - any other failure is the learner's, reported here
+                raise CheckFailed(f"tool_schema({name}) should raise {kind.__name__} ({_REFUSALS[name]}), "
+                                  f"got {type(error).__name__}: {error}") from None
+            raise CheckFailed(f"tool_schema({name}) should raise {kind.__name__}: {_REFUSALS[name]}; it returned "
+                              f"{_show(got)}")
+        _compare_schema(name, fn(example), reference_tools.tool_schema(mine))
+    return (f"{len(reference)} functions: str/int/float/bool, defaults, list[int], Literal, Optional, no "
+            "arguments, a missing annotation, a missing docstring")

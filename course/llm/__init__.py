@@ -6,8 +6,14 @@
     reply = model.chat([llm.system("..."), llm.user("...")])
     reply.content, reply.usage.total_tokens, model.ledger.summary()
 
-Modules: :mod:`~course.llm.chat` (messages, usage, budgets), :mod:`~course.llm.parsing` (JSON and
-tool calls with repair and retry), :mod:`~course.llm.http` (OpenAI-compatible servers),
+    toolbox = llm.Toolbox([run_python])      # tools from typed, documented Python functions
+    reply = model.chat(messages, tools=toolbox.specs)
+    answers = [toolbox.run(call) for call in reply.tool_calls]   # 'tool' messages with tool_call_id
+    with llm.Trace() as trace: ...           # every call: messages, tools, tool calls, tokens, latency
+
+Modules: :mod:`~course.llm.chat` (messages, tool calls, usage, budgets), :mod:`~course.llm.tools`
+(JSON Schemas from Python signatures, argument checks, a toolbox), :mod:`~course.llm.trace` (a
+per-call trace), :mod:`~course.llm.parsing` (JSON and free-text tool calls with repair and retry), :mod:`~course.llm.http` (OpenAI-compatible servers),
 :mod:`~course.llm.offline` (scripted, rule-based, record and replay), :mod:`~course.llm.sandbox`
 (running model-written code), :mod:`~course.llm.embeddings` (MiniLM or hashing TF-IDF),
 :mod:`~course.llm.aci` (SWE-agent's agent-computer interface and a plain shell on a confined
@@ -15,12 +21,16 @@ workspace, notebook 14) and :mod:`~course.llm.policies` (the offline policies an
 notebooks 11-16).
 """
 
-from .chat import (Budget, BudgetExceeded, ChatModel, Ledger, LLMError, Message, Reply, Usage, approx_tokens,
-                   as_messages, assistant, prompt_tokens, system, user)
+from . import tools, trace
+from .chat import (Budget, BudgetExceeded, ChatModel, Completion, Ledger, LLMError, Message, Reply, ToolCall, Usage,
+                   approx_tokens, as_messages, assistant, prompt_tokens, system, tool_result, user)
 from .http import OpenAICompatible
-from .offline import Recorder, ReplayMismatch, ReplayModel, RuleModel, ScriptedModel, load_transcript
-from .parsing import MalformedReply, Parsed, ToolCall, chat_json, code_blocks, parse_json, parse_tool_call
+from .offline import (Recorder, ReplayMismatch, ReplayModel, RuleModel, ScriptedModel, code_as_tool_calls,
+                      load_transcript)
+from .parsing import MalformedReply, Parsed, chat_json, code_blocks, parse_json, parse_tool_call
 from .sandbox import ExecResult, run_python
+from .tools import ToolArgumentError, Toolbox, tool_schema, validate_arguments
+from .trace import Trace
 
 
 def get_embedder(kind: str = "auto", **kwargs):
@@ -30,8 +40,10 @@ def get_embedder(kind: str = "auto", **kwargs):
     return _get(kind, **kwargs)
 
 
-__all__ = ["Budget", "BudgetExceeded", "ChatModel", "Ledger", "LLMError", "Message", "Reply", "Usage",
-           "approx_tokens", "as_messages", "assistant", "prompt_tokens", "system", "user", "OpenAICompatible",
-           "Recorder", "ReplayMismatch", "ReplayModel", "RuleModel", "ScriptedModel", "load_transcript",
-           "MalformedReply", "Parsed", "ToolCall", "chat_json", "code_blocks", "parse_json", "parse_tool_call",
+__all__ = ["Budget", "BudgetExceeded", "ChatModel", "Completion", "Ledger", "LLMError", "Message", "Reply",
+           "ToolCall", "Usage", "approx_tokens", "as_messages", "assistant", "prompt_tokens", "system", "tool_result",
+           "user", "OpenAICompatible", "Recorder", "ReplayMismatch", "ReplayModel", "RuleModel", "ScriptedModel",
+           "code_as_tool_calls", "load_transcript", "tools", "trace", "ToolArgumentError", "Toolbox", "tool_schema",
+           "validate_arguments", "Trace",
+           "MalformedReply", "Parsed", "chat_json", "code_blocks", "parse_json", "parse_tool_call",
            "ExecResult", "run_python", "get_embedder"]

@@ -8,8 +8,12 @@ Configure with environment variables, or pass the same values as arguments::
 
 ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY`` are read when the COURSE_ variables are unset. The
 request is ``POST {base_url}/chat/completions`` with ``model``, ``messages``, ``temperature``
-and optionally ``max_tokens`` and ``stop``; token counts come from the reply's ``usage`` field
-(estimated with :func:`course.llm.chat.approx_tokens` when a server leaves it out).
+and, when given, ``max_tokens``, ``stop``, ``tools``, ``tool_choice``, ``response_format`` and
+``seed``. The reply's ``tool_calls`` become :class:`~course.llm.chat.ToolCall` objects (id, name,
+arguments parsed from their JSON string) on ``reply.message``; ``tool`` messages sent back carry
+their ``tool_call_id``. Token counts come from the reply's ``usage`` field (``Usage.source ==
+"server"``), and are estimated with :func:`course.llm.chat.approx_tokens` when a server leaves it
+out (``"estimate"``).
 
 Errors become :class:`~course.llm.chat.LLMError` with a sentence that says what happened: no
 server at that address, a time-out, an HTTP error with the start of its body, or a reply that
@@ -28,7 +32,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Sequence
 
-from .chat import ChatModel, LLMError, Message
+from .chat import ChatModel, Completion, LLMError, Message, ToolCall
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 
@@ -115,24 +119,45 @@ class OpenAICompatible(ChatModel):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _complete(self, messages: list[Message], *, max_tokens: int | None, stop: Sequence[str] | None,
-                  temperature: float) -> tuple[str, int | None, int | None, Any]:
+                  temperature: float, **options: Any) -> Completion:
         payload: dict[str, Any] = {"model": self.model, "messages": [m.to_dict() for m in messages],
                                    "temperature": temperature}
         if max_tokens is not None:
             payload["max_tokens"] = max_tokens
         if stop:
             payload["stop"] = list(stop)
+        for key in ("tools", "tool_choice", "response_format", "seed"):
+            if options.get(key) is not None:
+                payload[key] = options[key]
         data = self._post(payload)
+        message = self._message(data)
+        usage = data.get("usage") if isinstance(data, dict) else None
+        usage = usage if isinstance(usage, dict) else {}
+        n_in, n_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not _count(n_in) or not _count(n_out):
+            return Completion(message, None, None, data, "estimate")  # estimated by ChatModel.chat
+        return Completion(message, n_in, n_out, data, "server")
+
+    def _message(self, data: Any) -> Message:
+        """The assistant message of a chat completion: its text and its tool calls, checked."""
         try:
-            content = data["choices"][0]["message"]["content"]
+            message = data["choices"][0]["message"]
+            content = message["content"] if "content" in message or not message.get("tool_calls") else None
         except (KeyError, IndexError, TypeError):
             raise LLMError(f"{self.url} answered without choices[0].message.content: {json.dumps(data)[:200]}") from None
         if content is None:  # some servers send null content with a tool call or a refusal
             content = ""
         if not isinstance(content, str):
             raise LLMError(f"{self.url}: choices[0].message.content is {type(content).__name__}, not text")
-        usage = data.get("usage") or {}
-        n_in, n_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if not isinstance(n_in, int) or not isinstance(n_out, int):
-            n_in = n_out = None  # estimated by ChatModel.chat
-        return content, n_in, n_out, data
+        raw_calls = message.get("tool_calls") or []
+        if not isinstance(raw_calls, list):
+            raise LLMError(f"{self.url}: choices[0].message.tool_calls is {type(raw_calls).__name__}, not a list")
+        try:
+            calls = tuple(ToolCall.from_dict(c, f"tool_calls[{i}]") for i, c in enumerate(raw_calls))
+        except (ValueError, TypeError) as error:
+            raise LLMError(f"{self.url} sent a malformed tool call: {error}") from None
+        return Message("assistant", content, None, calls)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -11,17 +11,27 @@ None of these is a language model, and each says so in its ``description``:
   real model becomes a test fixture: the same requests get the same replies and the same token
   counts, and a request that differs from the recording stops with the first difference.
 
-Token counts of the scripted and rule-based models are estimates (:func:`~course.llm.chat.approx_tokens`).
+All of them accept the request options of a real server (``tools``, ``tool_choice``,
+``response_format``, ``seed``) and can answer with tool calls in the same structure a server's
+reply has (an assistant :class:`~course.llm.chat.Message` with ``tool_calls``), so an agent loop
+written for a real model runs unchanged on them. :func:`code_as_tool_calls` turns a policy that
+writes fenced Python blocks into one that calls a code tool instead when it is offered one.
+
+Token counts of the scripted and rule-based models are estimates (:func:`~course.llm.chat.approx_tokens`,
+``Usage.source == "estimate"``); a replay gives the recorded counts with their recorded source.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
+import itertools
 import json
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-from .chat import ChatModel, LLMError, Message, as_messages
+from .chat import ChatModel, Completion, LLMError, Message, ToolCall, as_messages
+from .parsing import code_blocks
 
 TRANSCRIPT_FORMAT = "course.llm.transcript/1"
 
@@ -30,16 +40,26 @@ class ReplayMismatch(LLMError):
     """A replayed conversation asked something the recording did not."""
 
 
-class ScriptedModel(ChatModel):
-    """Replies from a fixed script, in order; each item a string or a function of the messages."""
+def _assistant_message(value: Any, who: str) -> Message:
+    """A policy's or script's answer (text or an assistant Message with tool calls) as a Message."""
+    if isinstance(value, str):
+        return Message("assistant", value)
+    if isinstance(value, Message) and value.role == "assistant":
+        return value
+    raise LLMError(f"{who} returned {type(value).__name__}, expected str or an assistant Message")
 
-    def __init__(self, replies: Sequence[str | Callable[[list[Message]], str]], *, name: str = "scripted",
-                 **kwargs) -> None:
+
+class ScriptedModel(ChatModel):
+    """Replies from a fixed script, in order; each item a string, an assistant Message (e.g. with
+    tool calls) or a function of the messages returning one of those."""
+
+    def __init__(self, replies: Sequence[str | Message | Callable[[list[Message]], str | Message]], *,
+                 name: str = "scripted", **kwargs) -> None:
         if isinstance(replies, str) or not isinstance(replies, Sequence) or not replies:
             raise ValueError("replies must be a non-empty list of strings (or functions of the messages)")
         for i, r in enumerate(replies):
-            if not (isinstance(r, str) or callable(r)):
-                raise TypeError(f"replies[{i}] must be a str or a callable, got {type(r).__name__}")
+            if not (isinstance(r, (str, Message)) or callable(r)):
+                raise TypeError(f"replies[{i}] must be a str, a Message or a callable, got {type(r).__name__}")
         super().__init__(name=name, **kwargs)
         self.replies = list(replies)
         self.position = 0
@@ -50,25 +70,85 @@ class ScriptedModel(ChatModel):
             raise LLMError(f"{self.name} ran out of scripted replies after {len(self.replies)} call(s)")
         item = self.replies[self.position]
         self.position += 1
-        return (item(messages) if callable(item) else item), None, None, {"script_index": self.position - 1}
+        answer = _assistant_message(item(messages) if callable(item) else item, self.name)
+        return Completion(answer, raw={"script_index": self.position - 1})
+
+
+def _takes_tools(policy: Callable) -> bool:
+    try:
+        params = inspect.signature(policy).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "tools" or p.kind == p.VAR_KEYWORD for p in params)
 
 
 class RuleModel(ChatModel):
-    """A rule-based policy: ``policy(messages) -> str``, deterministic, written for known tasks."""
+    """A rule-based policy: ``policy(messages) -> str``, deterministic, written for known tasks.
 
-    def __init__(self, policy: Callable[[list[Message]], str], *, name: str = "rules",
+    A policy that has a ``tools`` parameter (or ``**options``) is also given the request options
+    (``tools``, ``tool_choice``, ``response_format``, ``seed``) and may answer with an assistant
+    Message that carries tool calls.
+    """
+
+    def __init__(self, policy: Callable[..., str | Message], *, name: str = "rules",
                  description: str | None = None, **kwargs) -> None:
         if not callable(policy):
             raise TypeError(f"policy must be a function messages -> str, got {type(policy).__name__}")
         super().__init__(name=name, **kwargs)
         self.policy = policy
+        self.takes_tools = _takes_tools(policy)
         self.description = description or "a rule-based policy written for the course's tasks, not a language model"
 
-    def _complete(self, messages, **_options):
-        text = self.policy(list(messages))
-        if not isinstance(text, str):
-            raise LLMError(f"{self.name}: the policy returned {type(text).__name__}, expected str")
-        return text, None, None, None
+    def _complete(self, messages, *, max_tokens=None, stop=None, temperature=0.0, **options):
+        if self.takes_tools:
+            answer = self.policy(list(messages), **{"tools": None, **options})
+        else:
+            answer = self.policy(list(messages))
+        if not isinstance(answer, (str, Message)):
+            raise LLMError(f"{self.name}: the policy returned {type(answer).__name__}, expected str")
+        return Completion(_assistant_message(answer, f"{self.name}: the policy"))
+
+
+def code_as_tool_calls(policy: Callable[[list[Message]], str], *, tool: str = "run_python", argument: str = "code",
+                       executor: str = "executor") -> Callable[..., str | Message]:
+    """A policy that calls the tool ``tool`` where ``policy`` writes a fenced Python block.
+
+    ``policy`` reads and writes the text form of a code conversation: its code in a fenced block,
+    the result of running it in a user message from ``executor``. The wrapped policy reads the
+    tool-call form (an assistant message with a call ``tool(argument=code)``, then a ``tool``
+    message answering it), translates it into the text form for ``policy``, and translates the
+    answer back: the prose before the first block becomes the message's content, each Python
+    block one call. When ``tool`` is not among the tools offered it answers in text, as before.
+    Call ids are ``call_1``, ``call_2``, ... numbered over the conversation, so replies are
+    deterministic.
+    """
+    if not callable(policy):
+        raise TypeError(f"policy must be a function messages -> str, got {type(policy).__name__}")
+
+    def as_text(message: Message) -> Message:
+        if message.role == "tool":
+            return Message("user", message.content, executor)
+        if message.tool_calls:
+            blocks = [f"```python\n{c.arguments.get(argument, '')}\n```" for c in message.tool_calls if c.name == tool]
+            return Message("assistant", "\n".join([message.content, *blocks]) if message.content else "\n".join(blocks),
+                           message.name)
+        return message
+
+    def wrapped(messages: list[Message], tools: list[dict] | None = None, **_options) -> str | Message:
+        text = policy([as_text(m) for m in messages])
+        offered = {t["function"]["name"] for t in tools or []}
+        blocks = [code for language, code in code_blocks(text) if language in ("python", "py", "")]
+        if tool not in offered or not blocks:
+            return text
+        prose = text[:text.find("```")].strip()
+        made = sum(len(m.tool_calls) for m in messages)
+        numbers = itertools.count(made + 1)
+        calls = [ToolCall(tool, {argument: code.rstrip("\n")}, f"call_{next(numbers)}") for code in blocks]
+        return Message("assistant", prose, None, tuple(calls))
+
+    wrapped.__name__ = getattr(policy, "__name__", "policy") + "_with_tools"
+    wrapped.__doc__ = f"{getattr(policy, '__name__', 'policy')}, calling the tool {tool!r} instead of writing code blocks."
+    return wrapped
 
 
 # --- record and replay ------------------------------------------------------------------------------
@@ -91,11 +171,16 @@ class Recorder(ChatModel):
         self.calls: list[dict] = []
         self.description = f"recording {model.description}"
 
-    def _complete(self, messages, *, max_tokens, stop, temperature):
-        reply = self.model.chat(messages, max_tokens=max_tokens, stop=stop, temperature=temperature)
-        self.calls.append({"key": request_key(messages), "messages": [m.to_dict() for m in messages],
-                           "reply": reply.content, "usage": reply.usage.to_dict()})
-        return reply.content, reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.raw
+    def _complete(self, messages, *, max_tokens, stop, temperature, **options):
+        reply = self.model.chat(messages, max_tokens=max_tokens, stop=stop, temperature=temperature, **options)
+        call = {"key": request_key(messages), "messages": [m.to_dict() for m in messages],
+                "reply": reply.content, "usage": reply.usage.to_dict()}
+        if reply.message.tool_calls:
+            call["tool_calls"] = [c.to_dict() for c in reply.message.tool_calls]
+        call.update({k: v for k, v in options.items() if v is not None})  # tools, tool_choice, ...
+        self.calls.append(call)
+        return Completion(reply.message, reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.raw,
+                          reply.usage.source)
 
     def transcript(self) -> dict:
         return {"format": TRANSCRIPT_FORMAT, "model": self.model.name, "description": self.model.description,
@@ -127,6 +212,8 @@ def load_transcript(source: str | Path | dict) -> dict:
     for i, call in enumerate(data["calls"]):
         if not {"messages", "reply", "usage"} <= set(call):
             raise ValueError(f"transcript call {i} lacks 'messages', 'reply' or 'usage'")
+        if not isinstance(call.get("tool_calls", []), list):
+            raise ValueError(f"transcript call {i}: 'tool_calls' must be a list")
     return data
 
 
@@ -151,7 +238,7 @@ class ReplayModel(ChatModel):
         self.description = (f"replay of {len(self.calls)} recorded call(s) to {data.get('model', '?')} "
                             f"({data.get('description', '')})")
 
-    def _complete(self, messages, **_options):
+    def _complete(self, messages, **options):
         if self.strict:
             if self.position >= len(self.calls):
                 raise ReplayMismatch(f"{self.name}: the recording has only {len(self.calls)} call(s); "
@@ -161,6 +248,11 @@ class ReplayModel(ChatModel):
             if recorded != list(messages):
                 raise ReplayMismatch(f"{self.name}: call {self.position + 1} differs from the recording: "
                                      + _first_difference(recorded, list(messages)))
+            recorded_tools = call.get("tools")
+            if recorded_tools is not None and recorded_tools != options.get("tools"):
+                offered = [t["function"]["name"] for t in options.get("tools") or []]
+                raise ReplayMismatch(f"{self.name}: call {self.position + 1} offers tools {offered}, the recording "
+                                     f"offered {[t['function']['name'] for t in recorded_tools]} (or other specs)")
         else:
             indices = self.by_key.get(request_key(messages), [])
             if not indices:
@@ -169,7 +261,10 @@ class ReplayModel(ChatModel):
             call = self.calls[indices.pop(0) if len(indices) > 1 else indices[0]]
         self.position += 1
         usage = call["usage"]
-        return call["reply"], usage["prompt_tokens"], usage["completion_tokens"], {"replayed": True}
+        source = usage.get("source") or ("estimate" if usage.get("estimated") else "server")
+        calls = tuple(ToolCall.from_dict(c, "recorded tool call") for c in call.get("tool_calls", []))
+        return Completion(Message("assistant", call["reply"], None, calls), usage["prompt_tokens"],
+                          usage["completion_tokens"], {"replayed": True}, source)
 
 
 def _first_difference(recorded: list[Message], sent: list[Message]) -> str:

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from .chat import ChatModel, LLMError, Message, as_messages
+from .chat import ChatModel, LLMError, Message, ToolCall, as_messages
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 _BLOCK = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+.-]*)[^\n`]*\n(.*?)^[ \t]*```[ \t]*$", re.DOTALL | re.MULTILINE)
@@ -38,12 +38,6 @@ class Parsed:
     error: str = ""
     retry_message: str = ""
     repairs: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    name: str
-    arguments: dict
 
 
 def code_blocks(text: str) -> list[tuple[str, str]]:
@@ -191,7 +185,9 @@ def parse_tool_call(text: str, tools: Mapping[str, Any]) -> Parsed:
 
     ``tools`` maps a tool name to the callable (its signature gives the parameters) or to a list
     of parameter names. ``"name"``/``"args"`` are accepted as spellings of ``"tool"``/``"arguments"``.
-    On success ``value`` is a :class:`ToolCall`.
+    On success ``value`` is a :class:`ToolCall`. This reads a tool call written in free text (a
+    model or server without native tool calling); a server that supports ``tools=`` returns typed
+    calls in ``reply.message.tool_calls`` instead, checked with :mod:`course.llm.tools`.
     """
     if not isinstance(tools, Mapping) or not tools:
         raise ValueError("tools must be a non-empty dict of name -> callable or parameter names")

@@ -1,0 +1,319 @@
+"""course.llm.tools: JSON Schemas from Python signatures, argument checks, the toolbox, the offline
+tool-calling adapter, and notebook 11's check of the learner's tool_schema (it passes the reference
+and fails the stub and plausible wrong variants). Everything is exact: no tolerances."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+from typing import Annotated, Literal, Optional
+
+import pytest
+
+from course import llm
+from course.checks import autogen as check
+from course.checks.core import RESULTS
+from course.llm import tools
+from course.llm.policies import autogen as tasks
+
+# --- tool_schema -----------------------------------------------------------------------------------
+
+
+def test_schema_maps_python_types_to_json_schema_names():
+    def f(s: str, i: int, x: float, b: bool, xs: list[int], d: dict, names: list[str]) -> None:
+        """All the plain types."""
+
+    props = tools.tool_schema(f)["function"]["parameters"]["properties"]
+    assert props == {"s": {"type": "string"}, "i": {"type": "integer"}, "x": {"type": "number"},
+                     "b": {"type": "boolean"}, "xs": {"type": "array", "items": {"type": "integer"}},
+                     "d": {"type": "object"}, "names": {"type": "array", "items": {"type": "string"}}}
+
+
+def test_schema_has_name_description_required_defaults_and_no_extra_properties():
+    spec = tools.tool_schema(tools.search_notes)
+    assert spec["type"] == "function"
+    function = spec["function"]
+    assert function["name"] == "search_notes" and function["description"] == "Search the notes for a phrase."
+    params = function["parameters"]
+    assert params["type"] == "object" and params["required"] == ["query"] and params["additionalProperties"] is False
+    assert params["properties"]["limit"] == {"type": "integer", "description": "how many notes to return at most.",
+                                             "default": 5}
+    assert params["properties"]["exact"]["default"] is False
+    json.dumps(spec)  # a spec is JSON
+
+
+def test_schema_of_literal_optional_and_annotated():
+    def f(mode: Literal["fast", "exact"], k: Optional[int] = None, pick: Literal[1, 2] | None = None,
+          note: Annotated[str, "what to remember"] = "") -> None:
+        """Literal, Optional and Annotated."""
+
+    props = tools.tool_schema(f)["function"]["parameters"]["properties"]
+    assert props["mode"] == {"type": "string", "enum": ["fast", "exact"]}
+    assert props["k"] == {"type": ["integer", "null"], "default": None}
+    assert props["pick"] == {"type": ["integer", "null"], "enum": [1, 2, None], "default": None}
+    assert props["note"] == {"type": "string", "description": "what to remember", "default": ""}
+
+
+def test_schema_refuses_what_a_model_could_not_call_and_says_why():
+    def star(*args: int) -> None:
+        """Varargs."""
+
+    def bare_list(xs: list) -> None:
+        """A list of what?"""
+
+    def union(x: int | str) -> None:
+        """Two types."""
+
+    def odd_default(x: int = object()) -> None:  # noqa: B008
+        """A default that is not JSON."""
+
+    for fn, words in [(tools.untyped, "no type annotation"), (tools.undocumented, "no docstring"),
+                      (star, "named arguments"), (bare_list, "list\\[int\\]"), (union, "Optional"),
+                      (odd_default, "not a JSON value")]:
+        with pytest.raises((TypeError, ValueError), match=words):
+            tools.tool_schema(fn)
+    assert tools.tool_schema(tools.undocumented, description="Return x.")["function"]["description"] == "Return x."
+
+
+# --- validate_arguments ----------------------------------------------------------------------------
+
+
+SPEC = tools.tool_schema(tools.set_thermostat)
+
+
+def test_valid_arguments_pass_and_safe_coercions_are_made():
+    got = tools.validate_arguments(SPEC, {"celsius": 20, "room": "office", "schedule": [7, 8.0]})
+    assert got == {"celsius": 20.0, "room": "office", "schedule": [7, 8]}
+    assert isinstance(got["celsius"], float) and all(isinstance(h, int) for h in got["schedule"])
+
+
+@pytest.mark.parametrize("arguments, words", [
+    ({"room": "office", "schedule": []}, "missing required argument 'celsius'"),
+    ({"celsius": 20, "room": "office", "schedule": [], "fan": True}, "unknown argument 'fan'"),
+    ({"celsius": "20", "room": "office", "schedule": []}, "'celsius' should be number \\(float\\), got string \"20\""),
+    ({"celsius": True, "room": "office", "schedule": []}, "got boolean true"),
+    ({"celsius": 20, "room": "attic", "schedule": []}, "must be one of \\[\"kitchen\", \"office\"\\]"),
+    ({"celsius": 20, "room": "office", "schedule": [7.5]}, "'schedule' item 0 should be integer"),
+    ({"celsius": 20, "room": "office", "schedule": "7,8"}, "should be array"),
+    ([20, "office"], "must be a JSON object"),
+])
+def test_invalid_arguments_raise_a_message_the_model_can_read(arguments, words):
+    with pytest.raises(llm.ToolArgumentError, match=words) as error:
+        tools.validate_arguments(SPEC, arguments)
+    assert str(error.value).startswith("set_thermostat: ")
+
+
+def test_every_problem_is_listed_and_numbers_never_become_text():
+    with pytest.raises(llm.ToolArgumentError) as error:
+        tools.validate_arguments(SPEC, {"celsius": "warm", "extra": 1})
+    message = str(error.value)
+    assert "'celsius'" in message and "'room', 'schedule'" in message and "'extra'" in message
+    name_spec = tools.tool_schema(tools.search_notes)
+    with pytest.raises(llm.ToolArgumentError, match="should be string"):
+        tools.validate_arguments(name_spec, {"query": 42})
+
+
+def test_null_is_accepted_only_where_the_schema_allows_it():
+    spec = tools.tool_schema(tools.convert)
+    assert tools.validate_arguments(spec, {"amount": 1, "unit": None, "precision": None})["unit"] is None
+    with pytest.raises(llm.ToolArgumentError, match="'amount' should be number"):
+        tools.validate_arguments(spec, {"amount": None})
+
+
+# --- Toolbox ---------------------------------------------------------------------------------------
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def divide(a: float, b: float) -> float:
+    """Divide a by b."""
+    return a / b
+
+
+def test_toolbox_runs_valid_calls_and_answers_with_the_call_id():
+    box = llm.Toolbox([add, divide])
+    assert [s["function"]["name"] for s in box.specs] == ["add", "divide"]
+    answer = box.run(llm.ToolCall("add", {"a": 2, "b": 3}, "call_7"))
+    assert answer == llm.Message("tool", "5", "add", (), "call_7")
+
+
+@pytest.mark.parametrize("call, words", [
+    (llm.ToolCall("mul", {"a": 1}, "c1"), "there is no tool 'mul'; the tools are add, divide"),
+    (llm.ToolCall("add", {}, "c2", raw_arguments="{a: 1"), "must be a JSON object, got '{a: 1'"),
+    (llm.ToolCall("add", {"a": "2", "b": 3}, "c3"), "'a' should be integer"),
+    (llm.ToolCall("divide", {"a": 1, "b": 0}, "c4"), "divide raised ZeroDivisionError"),
+])
+def test_toolbox_never_raises_and_says_what_went_wrong(call, words):
+    answer = llm.Toolbox([add, divide]).run(call)
+    assert answer.role == "tool" and answer.tool_call_id == call.id
+    assert answer.content.startswith("Error: ") and words in answer.content
+
+
+def test_toolbox_validates_its_input():
+    with pytest.raises(ValueError, match="non-empty list"):
+        llm.Toolbox([])
+    with pytest.raises(ValueError, match="two tools"):
+        llm.Toolbox([add, add])
+    with pytest.raises(TypeError, match="ToolCall"):
+        llm.Toolbox([add]).run({"name": "add"})
+
+
+# --- the offline tool-calling adapter --------------------------------------------------------------
+
+
+def run_python(code: str) -> str:
+    """Run a Python program and return its output."""
+    return "exitcode: 0 (ran successfully)\nCode output:\n233168"
+
+
+def test_code_as_tool_calls_turns_code_blocks_into_calls_and_reads_tool_messages_back():
+    policy = llm.code_as_tool_calls(tasks.assistant_policy)
+    model = llm.RuleModel(policy)
+    box = llm.Toolbox([run_python])
+    task = tasks.TASKS_BY_ID["multiples"]
+    messages = [llm.system(tasks.SYSTEM_ASSISTANT), llm.user(task.statement)]
+    first = model.chat(messages, tools=box.specs)
+    assert first.content == "I will compute this with Python." and len(first.tool_calls) == 1
+    call = first.tool_calls[0]
+    assert (call.name, call.id, call.arguments) == ("run_python", "call_1", {"code": task.draft})
+    messages += [first.message, box.run(call)]
+    second = model.chat(messages, tools=box.specs)
+    assert second.tool_calls == () and task.correct(second.content)
+    # without tools offered, the same policy answers in text, exactly as the unwrapped one
+    text = model.chat(messages[:2]).content
+    assert text == tasks.assistant_policy(messages[:2]) and "```python" in text
+
+
+# --- notebook 11's check of the learner's tool_schema ----------------------------------------------
+
+
+def passed() -> bool:
+    return RESULTS[-1].passed
+
+
+def stub(fn):
+    raise NotImplementedError("Exercise 11.6: write tool_schema")
+
+
+def test_tool_schema_check_passes_the_reference_and_fails_the_stub():
+    check.tool_schema(tools.tool_schema, tools.SCHEMA_EXAMPLES)
+    assert passed()
+    check.tool_schema(stub, tools.SCHEMA_EXAMPLES)
+    assert not passed()
+
+
+def _variant(change):
+    def wrong(fn):
+        return change(tools.tool_schema(fn), fn)
+    return wrong
+
+
+def _no_required(spec, fn):
+    spec["function"]["parameters"].pop("required")
+    return spec
+
+
+def _python_type_names(spec, fn):
+    text = json.dumps(spec).replace('"integer"', '"int"').replace('"number"', '"float"').replace('"string"', '"str"')
+    return json.loads(text)
+
+
+def _bool_as_integer(spec, fn):
+    text = json.dumps(spec).replace('"boolean"', '"integer"')
+    return json.loads(text)
+
+
+def _everything_required(spec, fn):
+    params = spec["function"]["parameters"]
+    params["required"] = list(params["properties"])
+    return spec
+
+
+def _optional_without_null(spec, fn):
+    for prop in spec["function"]["parameters"]["properties"].values():
+        if isinstance(prop.get("type"), list):
+            prop["type"] = prop["type"][0]
+            prop.get("enum", [None]).remove(None) if None in prop.get("enum", []) else None
+    return spec
+
+
+def _no_defaults(spec, fn):
+    for prop in spec["function"]["parameters"]["properties"].values():
+        prop.pop("default", None)
+    return spec
+
+
+def _literal_without_enum(spec, fn):
+    for prop in spec["function"]["parameters"]["properties"].values():
+        prop.pop("enum", None)
+    return spec
+
+
+def _list_without_items(spec, fn):
+    for prop in spec["function"]["parameters"]["properties"].values():
+        prop.pop("items", None)
+    return spec
+
+
+def _whole_docstring(spec, fn):
+    spec["function"]["description"] = inspect.getdoc(fn)
+    return spec
+
+
+def _no_additional_properties_flag(spec, fn):
+    spec["function"]["parameters"].pop("additionalProperties")
+    return spec
+
+
+def _unwrapped(spec, fn):
+    return spec["function"]
+
+
+def _untyped_as_string(fn):
+    """Accepts a parameter without an annotation, calling it a string."""
+    if fn is tools.untyped:
+        def untyped(path: str, lines: int = 10) -> str:
+            """Show the first lines of a file."""
+        return tools.tool_schema(untyped)
+    return tools.tool_schema(fn)
+
+
+def _no_docstring_is_fine(fn):
+    """Accepts a function without a docstring, with its name as the description."""
+    return tools.tool_schema(fn, description=None if fn.__doc__ else fn.__name__)
+
+
+WRONG = {"no 'required'": _variant(_no_required), "Python type names": _variant(_python_type_names),
+         "bool as integer": _variant(_bool_as_integer), "defaults required": _variant(_everything_required),
+         "Optional without null": _variant(_optional_without_null), "no defaults": _variant(_no_defaults),
+         "Literal without enum": _variant(_literal_without_enum), "list without items": _variant(_list_without_items),
+         "whole docstring": _variant(_whole_docstring),
+         "additionalProperties missing": _variant(_no_additional_properties_flag),
+         "spec not wrapped": _variant(_unwrapped), "untyped parameter accepted": _untyped_as_string,
+         "missing docstring accepted": _no_docstring_is_fine}
+
+
+@pytest.mark.parametrize("name", sorted(WRONG))
+def test_tool_schema_check_fails_plausible_wrong_versions(name):
+    check.tool_schema(WRONG[name], tools.SCHEMA_EXAMPLES)
+    assert not passed(), f"the check passed a tool_schema with {name}"
+
+
+def test_tool_schema_check_refuses_examples_that_are_not_the_course_examples():
+    check.tool_schema(tools.tool_schema, tools.SCHEMA_EXAMPLES[:2])
+    assert not passed() and "examples" in RESULTS[-1].message
+
+
+def test_tool_schema_check_ignores_parameter_descriptions_it_does_not_ask_for():
+    def without_descriptions(fn):
+        spec = copy.deepcopy(tools.tool_schema(fn))
+        for prop in spec["function"]["parameters"]["properties"].values():
+            prop.pop("description", None)
+        return spec
+
+    check.tool_schema(without_descriptions, tools.SCHEMA_EXAMPLES)
+    assert passed()
