@@ -4,12 +4,17 @@
   with a hidden *true* reward that gives partial credit (:func:`true_reward`). "Labelers" rank K
   completions of a prompt by Plackett-Luce sampling from that reward (:func:`plackett_luce_rankings`),
   whose pairwise marginals are exactly Bradley-Terry: P(i above j) = sigmoid((r_i - r_j) / temperature).
-* **The reward model** (:class:`ScalarHeadGPT`): a TinyGPT body with a scalar head read at the last
-  position, trained on every one of the K choose 2 pairs of each ranking (:func:`rm_pairwise_loss`).
+* **The reward model** (:class:`ScalarHeadGPT`): a TinyGPT body with a scalar head whose outputs are
+  summed over the response tokens (:func:`reward_scores`; InstructGPT reads one scalar at the last token,
+  which a 2-layer model learns less easily), trained on every one of the K choose 2 pairs of each
+  ranking (:func:`rm_pairwise_loss`).
 * **PPO** (:func:`train_ppo`): rollouts from the policy, a per-token KL penalty to the SFT model folded
   into the reward (:func:`kl_penalized_rewards`), a value model (initialised from the reward model, as
   in the paper), GAE (:func:`gae`), the clipped surrogate plus a value loss (:func:`ppo_loss`), several
-  epochs over minibatches, and optionally PPO-ptx (the pretraining loss mixed back in).
+  epochs over minibatches, and optionally PPO-ptx (the pretraining loss mixed back in). Opt-in, as the
+  field runs PPO: a clipped value loss (:func:`clipped_value_loss`), separate gradient clipping for the
+  policy and the value model, and an adaptive KL coefficient (:func:`adaptive_kl_beta`, Ziegler et al.
+  2019); clip fraction and approximate KL (:func:`ppo_diagnostics`) are logged on every run.
 
 The reference versions here are what the notebook's checks compare learners' code against; the
 trainer takes the learner's functions as arguments. Everything is seeded and CPU-sized.
@@ -322,6 +327,53 @@ def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tenso
     return -masked_mean(surrogate, mask), 0.5 * masked_mean((values - returns) ** 2, mask)
 
 
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, *,
+                       clip_eps: float = 0.2) -> torch.Tensor:
+    """PPO's clipped value loss: 0.5 * masked mean of max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2).
+
+    The value model may move at most ``clip_eps`` from the prediction it made when the rollouts were
+    collected, as the policy's ratio may move at most eps from 1; the max keeps the larger error, so a
+    step that the clip would hide still costs (the pessimistic side, as in the clipped surrogate).
+    """
+    if not values.shape == old_values.shape == returns.shape == mask.shape:
+        raise ValueError(f"values, old_values, returns and mask must share one (B, T) shape; got "
+                         f"{tuple(values.shape)}, {tuple(old_values.shape)}, {tuple(returns.shape)}, {tuple(mask.shape)}")
+    if not clip_eps > 0:
+        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+    clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def adaptive_kl_beta(beta: float, kl: float, *, target: float, horizon: float, n_steps: int) -> float:
+    """Ziegler et al. (2019)'s adaptive KL coefficient: the next beta after measuring ``kl``.
+
+    e = clip(kl / target - 1, -0.2, 0.2) and beta <- beta * (1 + e * n_steps / horizon): beta grows when the
+    policy is further from the reference than ``target`` (nats per response) and shrinks when it is
+    closer, by at most 20 % per ``horizon`` episodes (``n_steps`` episodes were just used; the paper's
+    K_beta = 0.1 is ``n_steps / horizon``).
+    """
+    if not (target > 0 and horizon > 0 and n_steps >= 1 and beta >= 0):
+        raise ValueError(f"need target > 0, horizon > 0, n_steps >= 1 and beta >= 0; got {target}, {horizon}, "
+                         f"{n_steps}, {beta}")
+    error = min(max(float(kl) / target - 1.0, -0.2), 0.2)
+    return float(beta) * (1.0 + error * n_steps / horizon)
+
+
+@torch.no_grad()
+def ppo_diagnostics(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, clip_eps: float) -> tuple[float, float]:
+    """``(clipfrac, approx_kl)`` of one PPO update: the fraction of response tokens whose ratio lies outside
+    [1 - eps, 1 + eps], and the k3 estimate of KL(pi_old || pi) per token, mean((rho - 1) - log rho)."""
+    log_ratio = logp - old_logp
+    clipped = ((log_ratio.exp() - 1).abs() > clip_eps).float()
+    return masked_mean(clipped, mask).item(), masked_mean(torch.expm1(log_ratio) - log_ratio, mask).item()
+
+
+def grad_norm(parameters) -> float:
+    """The L2 norm of all gradients of ``parameters`` together (0 when none has one)."""
+    grads = [p.grad.detach().flatten() for p in parameters if p.grad is not None]
+    return torch.cat(grads).norm().item() if grads else 0.0
+
+
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / std over the masked positions (the usual advantage normalisation in PPO)."""
     mean = masked_mean(x, mask)
@@ -362,6 +414,14 @@ class PPOHistory:
     value_loss: list[float] = field(default_factory=list)
     ptx_loss: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    beta: list[float] = field(default_factory=list)             # the KL coefficient this iteration's rewards used
+    clipfrac: list[float] = field(default_factory=list)         # means over the iteration's minibatch updates
+    approx_kl: list[float] = field(default_factory=list)        # k3 estimate of KL(pi_old || pi) per token
+    value_clipfrac: list[float] = field(default_factory=list)   # tokens whose value moved more than eps (nan: no clip)
+    policy_grad_norm: list[float] = field(default_factory=list)  # before clipping
+    value_grad_norm: list[float] = field(default_factory=list)
+    update_clipfrac: list[float] = field(default_factory=list)   # one entry per minibatch update
+    update_approx_kl: list[float] = field(default_factory=list)
 
 
 def train_ppo(policy: TinyGPT, ref: TinyGPT, reward_fn: Callable, prompts: Sequence[Example], *,
@@ -372,7 +432,10 @@ def train_ppo(policy: TinyGPT, ref: TinyGPT, reward_fn: Callable, prompts: Seque
               ptx_coef: float = 0.0, ptx_tokens: torch.Tensor | None = None, ptx_block: int = 32,
               true_fn: Callable | None = None, seed: int = 0, rewards_fn: Callable = kl_penalized_rewards,
               advantages_fn: Callable = gae, loss_fn: Callable = ppo_loss, progress: bool = True,
-              callback: Callable[[int, TinyGPT], None] | None = None) -> PPOHistory:
+              callback: Callable[[int, TinyGPT], None] | None = None, value_clip_eps: float | None = None,
+              value_loss_fn: Callable = clipped_value_loss, max_grad_norm: float = 1.0,
+              value_max_grad_norm: float | None = None, kl_target: float | None = None, kl_horizon: float = 10_000,
+              kl_update_fn: Callable = adaptive_kl_beta) -> PPOHistory:
     """PPO with a per-token KL penalty to ``ref`` folded into the reward (InstructGPT's RL step).
 
     Each of ``steps`` iterations samples one completion for ``batch_size`` random prompts from
@@ -382,6 +445,14 @@ def train_ppo(policy: TinyGPT, ref: TinyGPT, reward_fn: Callable, prompts: Seque
     gamma=, lam=)`` (whitened), and takes ``ppo_epochs`` passes of minibatch AdamW steps on
     ``policy_loss + vf_coef * value_loss`` from ``loss_fn``. With ``ptx_coef > 0`` each step also adds
     ``ptx_coef`` times the next-token loss on a random window of ``ptx_tokens`` (PPO-ptx).
+
+    The field's additions, all off by default (so the committed sweeps stay what they measured):
+    ``value_clip_eps`` replaces ``loss_fn``'s value loss by ``value_loss_fn(values, old_values, returns,
+    mask, clip_eps=)`` (:func:`clipped_value_loss`); ``value_max_grad_norm`` clips the value model's
+    gradient on its own (the policy's at ``max_grad_norm``) instead of one norm over both, so a large
+    value gradient cannot shrink the policy's step; ``kl_target`` makes beta adaptive, updated after each
+    iteration by ``kl_update_fn(beta, measured_kl, target=, horizon=kl_horizon, n_steps=batch_size)``.
+    Clip fraction and approximate KL (:func:`ppo_diagnostics`) are logged per update and per iteration.
 
     ``value_model`` defaults to a :class:`ScalarHeadGPT` on a copy of ``ref``. ``policy`` is trained in
     place; ``ref`` stays frozen. Returns a :class:`PPOHistory`; ``true_fn`` (batched, like
@@ -396,6 +467,10 @@ def train_ppo(policy: TinyGPT, ref: TinyGPT, reward_fn: Callable, prompts: Seque
                          f"batch_size; got {steps}, {batch_size}, {ppo_epochs}, {minibatch_size}")
     if beta < 0 or ptx_coef < 0:
         raise ValueError(f"beta and ptx_coef must be >= 0, got {beta}, {ptx_coef}")
+    if (value_clip_eps is not None and not value_clip_eps > 0) or (kl_target is not None and not kl_target > 0):
+        raise ValueError(f"value_clip_eps and kl_target must be > 0 (or None), got {value_clip_eps}, {kl_target}")
+    if not max_grad_norm > 0 or (value_max_grad_norm is not None and not value_max_grad_norm > 0):
+        raise ValueError(f"grad norms must be > 0, got {max_grad_norm}, {value_max_grad_norm}")
     if ptx_coef > 0 and ptx_tokens is None:
         raise ValueError("ptx_coef > 0 needs ptx_tokens (the pretraining corpus as token ids)")
     if not prompts:
@@ -428,8 +503,7 @@ def train_ppo(policy: TinyGPT, ref: TinyGPT, reward_fn: Callable, prompts: Seque
             kl = sequence_kl(policy, ref, ids, comps, mask).mean().item()
         policy.train()
         value_model.train()
-        pl = vl = px = 0.0
-        n = 0
+        logs = {k: [] for k in ("pl", "vl", "px", "clipfrac", "approx_kl", "vclip", "pgn", "vgn")}
         for _ in range(ppo_epochs):
             order = torch.randperm(batch_size, generator=g)
             for lo in range(0, batch_size, minibatch_size):
@@ -438,32 +512,62 @@ def train_ppo(policy: TinyGPT, ref: TinyGPT, reward_fn: Callable, prompts: Seque
                 values = value_predictions(value_model, ids[mb], comps[mb])
                 p_loss, v_loss = loss_fn(logp, old_logp[mb], adv[mb], values, returns[mb], mask[mb],
                                          clip_eps=clip_eps)
+                if value_clip_eps is not None:
+                    v_loss = value_loss_fn(values, old_values[mb], returns[mb], mask[mb], clip_eps=value_clip_eps)
+                    with torch.no_grad():
+                        moved = ((values - old_values[mb]).abs() > value_clip_eps).float()
+                        logs["vclip"].append(masked_mean(moved, mask[mb]).item())
                 total = p_loss + vf_coef * v_loss
                 if ptx_coef > 0:
                     x, y = data.lm_batch(ptx_tokens, ptx_block, minibatch_size, g)
                     ptx = policy(x, y)[1]
                     total = total + ptx_coef * ptx
-                    px += ptx.item()
+                    logs["px"].append(ptx.item())
                 opt.zero_grad()
                 total.backward()
-                torch.nn.utils.clip_grad_norm_(list(policy.parameters()) + list(value_model.parameters()), 1.0)
+                logs["pgn"].append(grad_norm(policy.parameters()))
+                logs["vgn"].append(grad_norm(value_model.parameters()))
+                _clip_gradients(policy, value_model, max_grad_norm, value_max_grad_norm)
                 opt.step()
-                pl, vl, n = pl + p_loss.item(), vl + v_loss.item(), n + 1
+                frac, approx = ppo_diagnostics(logp, old_logp[mb], mask[mb], clip_eps)
+                for key, value in (("pl", p_loss.item()), ("vl", v_loss.item()), ("clipfrac", frac),
+                                   ("approx_kl", approx)):
+                    logs[key].append(value)
         policy.eval()
         value_model.eval()
+        mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
         hist.step.append(step)
         hist.reward.append(scores.mean().item())
         hist.true_reward.append(float(torch.as_tensor(true_fn(batch, texts)).float().mean()) if true_fn else math.nan)
         hist.kl.append(kl)
-        hist.policy_loss.append(pl / n)
-        hist.value_loss.append(vl / n)
-        hist.ptx_loss.append(px / n if ptx_coef > 0 else math.nan)
+        hist.policy_loss.append(mean(logs["pl"]))
+        hist.value_loss.append(mean(logs["vl"]))
+        hist.ptx_loss.append(mean(logs["px"]))
         hist.seconds.append(time.perf_counter() - start)
+        hist.beta.append(beta)
+        hist.clipfrac.append(mean(logs["clipfrac"]))
+        hist.approx_kl.append(mean(logs["approx_kl"]))
+        hist.value_clipfrac.append(mean(logs["vclip"]))
+        hist.policy_grad_norm.append(mean(logs["pgn"]))
+        hist.value_grad_norm.append(mean(logs["vgn"]))
+        hist.update_clipfrac.extend(logs["clipfrac"])
+        hist.update_approx_kl.extend(logs["approx_kl"])
+        if kl_target is not None:  # the next iteration's rewards use the updated coefficient
+            beta = float(kl_update_fn(beta, kl, target=kl_target, horizon=kl_horizon, n_steps=batch_size))
         if hasattr(bar, "set_postfix"):
-            bar.set_postfix(reward=f"{hist.reward[-1]:.3f}", kl=f"{kl:.3f}")
+            bar.set_postfix(reward=f"{hist.reward[-1]:.3f}", kl=f"{kl:.3f}", beta=f"{hist.beta[-1]:.3g}")
         if callback is not None:
             callback(step, policy)
     return hist
+
+
+def _clip_gradients(policy: nn.Module, value_model: nn.Module, max_norm: float, value_max_norm: float | None) -> None:
+    """One norm over both models (``value_max_norm`` None: the course's earlier behaviour), or each its own."""
+    if value_max_norm is None:
+        torch.nn.utils.clip_grad_norm_(list(policy.parameters()) + list(value_model.parameters()), max_norm)
+    else:
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
+        torch.nn.utils.clip_grad_norm_(value_model.parameters(), value_max_norm)
 
 
 # --- evaluation -------------------------------------------------------------------------------

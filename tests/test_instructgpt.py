@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import course  # noqa: F401  (first, as in every notebook)
-from course import rl, rlhf
+from course import dpo, rl, rlhf
 from course.checks import core
 from course.checks import instructgpt as checks
 
@@ -23,7 +23,8 @@ def stub(*args, **kwargs):
 
 REFERENCES = [(checks.sft_loss, rl.sft_loss), (checks.rm_pairwise_loss, rlhf.rm_pairwise_loss),
               (checks.kl_penalized_rewards, rlhf.kl_penalized_rewards), (checks.gae, rlhf.gae),
-              (checks.ppo_loss, rlhf.ppo_loss)]
+              (checks.ppo_loss, rlhf.ppo_loss), (checks.clipped_value_loss, rlhf.clipped_value_loss),
+              (checks.adaptive_kl_beta, rlhf.adaptive_kl_beta), (checks.dpo_loss, dpo.dpo_loss)]
 
 
 def test_every_check_passes_the_reference_and_fails_the_stub():
@@ -129,3 +130,81 @@ def test_ppo_check_rejects_an_unmasked_mean_and_a_value_loss_without_one_half():
         return p, 2 * v
     assert not passed(checks.ppo_loss, unmasked)
     assert not passed(checks.ppo_loss, no_half)
+
+
+# --- 9.6 --------------------------------------------------------------------------------------
+
+
+def test_value_clip_check_rejects_the_unclipped_loss():
+    def unclipped(values, old_values, returns, mask, *, clip_eps=0.2):
+        return 0.5 * rlhf.masked_mean((values - returns) ** 2, mask)
+    assert not passed(checks.clipped_value_loss, unclipped)
+    assert "unclipped" in core.RESULTS[-1].message
+
+
+def test_value_clip_check_rejects_min_instead_of_max():
+    def smaller_error(values, old_values, returns, mask, *, clip_eps=0.2):
+        clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
+        return 0.5 * rlhf.masked_mean(torch.minimum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    assert not passed(checks.clipped_value_loss, smaller_error)
+    assert "min" in core.RESULTS[-1].message
+
+
+def test_value_clip_check_rejects_clipping_around_zero_and_clipping_only():
+    def around_zero(values, old_values, returns, mask, *, clip_eps=0.2):
+        clipped = torch.clamp(values, -clip_eps, clip_eps)
+        return 0.5 * rlhf.masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    def clipped_only(values, old_values, returns, mask, *, clip_eps=0.2):
+        clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
+        return 0.5 * rlhf.masked_mean((clipped - returns) ** 2, mask)
+    assert not passed(checks.clipped_value_loss, around_zero)
+    assert not passed(checks.clipped_value_loss, clipped_only)
+
+
+# --- 9.7 --------------------------------------------------------------------------------------
+
+
+def test_adaptive_kl_check_rejects_an_unclipped_error():
+    def unclipped(beta, kl, *, target, horizon, n_steps):
+        return beta * (1 + (kl / target - 1) * n_steps / horizon)
+    assert not passed(checks.adaptive_kl_beta, unclipped)
+    assert "clipped to [-0.2, 0.2]" in core.RESULTS[-1].message
+
+
+def test_adaptive_kl_check_rejects_the_wrong_direction_and_an_absolute_error():
+    def backwards(beta, kl, *, target, horizon, n_steps):
+        return beta * (1 - min(max(kl / target - 1, -0.2), 0.2) * n_steps / horizon)
+    def absolute(beta, kl, *, target, horizon, n_steps):
+        return beta * (1 + min(max(kl - target, -0.2), 0.2) * n_steps / horizon)
+    assert not passed(checks.adaptive_kl_beta, backwards)
+    assert "grow" in core.RESULTS[-1].message
+    assert not passed(checks.adaptive_kl_beta, absolute)
+    assert "relative" in core.RESULTS[-1].message
+
+
+# --- 9.8 --------------------------------------------------------------------------------------
+
+
+def test_dpo_check_rejects_a_loss_without_the_reference():
+    def no_reference(logp_w, logp_l, ref_logp_w, ref_logp_l, *, beta):
+        return -F.logsigmoid(beta * (logp_w - logp_l)).mean()
+    assert not passed(checks.dpo_loss, no_reference)
+    assert "reference" in core.RESULTS[-1].message
+
+
+def test_dpo_check_rejects_a_flipped_sign_beta_outside_and_an_unstable_log():
+    def flipped(w, lo, rw, rl_, *, beta):
+        return dpo.dpo_loss(lo, w, rl_, rw, beta=beta)
+    def beta_outside(w, lo, rw, rl_, *, beta):
+        return -beta * F.logsigmoid((w - rw) - (lo - rl_)).mean()
+    def unstable(w, lo, rw, rl_, *, beta):
+        return -torch.log(torch.sigmoid(beta * ((w - rw) - (lo - rl_)))).mean()
+    def summed(w, lo, rw, rl_, *, beta):
+        return -F.logsigmoid(beta * ((w - rw) - (lo - rl_))).sum()
+    assert not passed(checks.dpo_loss, flipped)
+    assert "sign" in core.RESULTS[-1].message
+    assert not passed(checks.dpo_loss, beta_outside)
+    assert "inside the sigmoid" in core.RESULTS[-1].message
+    assert not passed(checks.dpo_loss, unstable)
+    assert "logsigmoid" in core.RESULTS[-1].message
+    assert not passed(checks.dpo_loss, summed)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import course  # noqa: F401  (first, as in every notebook)
-from course import rl, rlhf
+from course import dpo, rl, rlhf
 from course.data import CharTokenizer, Example
 from course.models.tinygpt import GPTConfig, TinyGPT
 
@@ -203,3 +203,116 @@ def test_win_rate_of_a_model_against_itself_is_one_half():
     m = tiny()
     assert rlhf.win_rate(m, copy.deepcopy(m), TOK, rlhf.instruction_prompts(16, seed=0), width=W,
                          max_new_tokens=T) == 0.5
+
+
+# --- PPO as the field runs it: value clipping, adaptive KL, diagnostics, separate clipping ----------
+
+
+def test_clipped_value_loss_is_the_plain_loss_inside_the_clip_and_never_below_it():
+    g = torch.Generator().manual_seed(2)
+    values, returns = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    mask = (torch.arange(5)[None] < torch.tensor([[5], [2], [1], [4]])).float()
+    plain = 0.5 * rlhf.masked_mean((values - returns) ** 2, mask)
+    near = values + 0.05 * torch.rand(4, 5, generator=g)  # old values within eps = 0.1 of the new ones
+    assert torch.allclose(rlhf.clipped_value_loss(values, near, returns, mask, clip_eps=0.1), plain, atol=1e-6)
+    far = values + 3 * torch.randn(4, 5, generator=g)
+    assert rlhf.clipped_value_loss(values, far, returns, mask, clip_eps=0.1) >= plain - 1e-6
+    with pytest.raises(ValueError, match="shape"):
+        rlhf.clipped_value_loss(values, far[:, :3], returns, mask)
+
+
+def test_adaptive_kl_beta_follows_ziegler_and_is_steady_at_the_target():
+    assert rlhf.adaptive_kl_beta(0.2, 1.0, target=1.0, horizon=640, n_steps=64) == 0.2
+    assert rlhf.adaptive_kl_beta(0.2, 1.1, target=1.0, horizon=640, n_steps=64) == pytest.approx(0.2 * 1.01)
+    # far above or below the target the step is capped at 20 % of n_steps / horizon
+    assert rlhf.adaptive_kl_beta(0.2, 50.0, target=1.0, horizon=640, n_steps=64) == pytest.approx(0.2 * 1.02)
+    assert rlhf.adaptive_kl_beta(0.2, 0.0, target=1.0, horizon=640, n_steps=64) == pytest.approx(0.2 * 0.98)
+    with pytest.raises(ValueError, match="target"):
+        rlhf.adaptive_kl_beta(0.2, 1.0, target=0.0, horizon=640, n_steps=64)
+
+
+def test_ppo_diagnostics_count_ratios_outside_the_clip_and_estimate_kl():
+    old = torch.zeros(1, 4)
+    logp = torch.log(torch.tensor([[1.0, 1.1, 1.5, 0.5]]))
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    frac, approx = rlhf.ppo_diagnostics(logp, old, mask, 0.2)
+    assert frac == pytest.approx(1 / 3)  # only ratio 1.5 of the three response tokens
+    expected = ((0.1 - math.log(1.1)) + (0.5 - math.log(1.5))) / 3  # k3: (rho - 1) - log rho
+    assert approx == pytest.approx(expected, abs=1e-7)
+    assert rlhf.ppo_diagnostics(old, old, mask, 0.2) == (0.0, 0.0)
+
+
+def test_gradients_are_clipped_jointly_by_default_and_separately_on_request():
+    def graded(scale_p, scale_v):
+        p, v = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+        for m, s in ((p, scale_p), (v, scale_v)):
+            for w in m.parameters():
+                w.grad = torch.full_like(w, s)
+        return p, v
+    p, v = graded(0.01, 100.0)
+    rlhf._clip_gradients(p, v, 1.0, None)  # one norm: the big value gradient shrinks the policy's too
+    assert rlhf.grad_norm(p.parameters()) < 0.01 * math.sqrt(12) / 100  # scaled by about 1 / 200
+    p, v = graded(0.01, 100.0)
+    rlhf._clip_gradients(p, v, 1.0, 1.0)  # separately: the policy's small gradient is untouched
+    assert rlhf.grad_norm(p.parameters()) == pytest.approx(0.01 * math.sqrt(12), rel=1e-5)
+    assert rlhf.grad_norm(v.parameters()) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_train_ppo_logs_clipfrac_and_approx_kl_per_update_and_adapts_beta():
+    policy, ref = tiny(3), tiny(4)  # a different reference, so the measured KL is far above the target
+    prompts = rlhf.instruction_prompts(16, seed=0)
+    hist = rlhf.train_ppo(policy, ref, fraction_of_a, prompts, tok=TOK, width=W, max_new_tokens=T, steps=3,
+                          batch_size=16, minibatch_size=8, ppo_epochs=2, lr=3e-3, beta=0.1, progress=False,
+                          value_clip_eps=0.2, value_max_grad_norm=1.0, kl_target=0.01, kl_horizon=160)
+    assert len(hist.update_clipfrac) == len(hist.update_approx_kl) == 3 * 2 * 2  # iterations x epochs x minibatches
+    assert hist.update_clipfrac[0] == 0.0 and abs(hist.update_approx_kl[0]) < 1e-6  # first update: pi == pi_old
+    assert all(0.0 <= x <= 1.0 for x in hist.clipfrac + hist.value_clipfrac)
+    for i in range(2):  # each iteration's beta is the controller's update of the previous one
+        assert hist.beta[i + 1] == pytest.approx(rlhf.adaptive_kl_beta(hist.beta[i], hist.kl[i], target=0.01,
+                                                                       horizon=160, n_steps=16))
+    assert hist.beta[0] == 0.1 and hist.beta[1] > 0.1
+    fixed = rlhf.train_ppo(tiny(3), ref, fraction_of_a, prompts, tok=TOK, width=W, max_new_tokens=T, steps=2,
+                           batch_size=16, minibatch_size=8, ppo_epochs=1, beta=0.1, progress=False)
+    assert fixed.beta == [0.1, 0.1] and all(math.isnan(x) for x in fixed.value_clipfrac)
+    with pytest.raises(ValueError, match="kl_target"):
+        rlhf.train_ppo(tiny(3), ref, fraction_of_a, prompts, tok=TOK, width=W, max_new_tokens=T, steps=1,
+                       batch_size=16, minibatch_size=8, kl_target=0.0, progress=False)
+
+
+# --- DPO (course.dpo) ----------------------------------------------------------------------------
+
+
+def test_dpo_loss_is_log_two_at_the_reference_and_falls_as_the_margin_grows():
+    z = torch.zeros(3)
+    assert dpo.dpo_loss(z, z, z, z, beta=0.1).item() == pytest.approx(math.log(2))
+    up = dpo.dpo_loss(z + 1, z, z, z, beta=0.1).item()
+    assert up == pytest.approx(math.log1p(math.exp(-0.1)), abs=1e-6) and up < math.log(2)
+    with pytest.raises(ValueError, match="beta"):
+        dpo.dpo_loss(z, z, z, z, beta=0.0)
+    with pytest.raises(ValueError, match="shape"):
+        dpo.dpo_loss(z, z[:2], z, z, beta=0.1)
+
+
+def test_sequence_logprobs_sum_the_response_up_to_its_stop():
+    model = tiny()
+    ids = rlhf.response_ids(TOK, ["rev:ab|", "rev:ab|"], ["ba", "ba\nzz"], width=W, length=T)
+    lp = dpo.sequence_logprobs(model, ids, W, TOK.stoi["\n"])
+    per_token = rl.token_logprobs(model, ids[:, :W], ids[:, W:])
+    assert torch.allclose(lp, per_token[:, :3].sum(1), atol=1e-5)  # 'b', 'a' and the newline
+    assert torch.allclose(lp[0], lp[1])
+
+
+def test_ranked_pairs_list_every_pair_best_first():
+    win, lose = dpo.ranked_pairs(torch.tensor([[2, 0, 1]]))
+    assert win.tolist() == [[2, 2, 0]] and lose.tolist() == [[0, 1, 1]]
+
+
+def test_train_dpo_raises_the_preferred_responses_relative_to_the_reference():
+    policy, ref = tiny(5), tiny(5)
+    comps = rlhf.collect_comparisons(policy, TOK, rlhf.instruction_prompts(24, seed=5), k=3, width=W,
+                                     max_new_tokens=T, seed=0)
+    hist = dpo.train_dpo(policy, ref, comps, beta=0.5, steps=30, batch_prompts=8, lr=3e-3, stop_id=TOK.stoi["\n"])
+    assert len(hist.loss) == 30 and hist.loss[0] == pytest.approx(math.log(2), abs=1e-5)  # policy == ref at step 1
+    assert sum(hist.loss[-5:]) / 5 < math.log(2) - 0.05 and sum(hist.margin[-5:]) / 5 > 0
+    with pytest.raises(TypeError, match="ref"):
+        dpo.train_dpo(policy, "sft", comps, beta=0.5, steps=1)

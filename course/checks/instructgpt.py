@@ -3,7 +3,8 @@
 Each check runs the learner's function on the smallest hand-made cases first, then on random ones
 against the reference in :mod:`course.rlhf` / :mod:`course.rl`, and rejects the usual mistakes
 (loss on the prompt, only adjacent pairs of a ranking, the score on the wrong token, GAE without the
-end-of-response cut, a surrogate without clipping).
+end-of-response cut, a surrogate without clipping, a value loss with min instead of max, an unclipped KL
+error, DPO without its reference).
 """
 
 from __future__ import annotations
@@ -221,3 +222,138 @@ def ppo_loss(fn):
                  hint="average over tokens with mask == 1 (sum over the batch / number of response tokens)")
     assert_close(got[1], want[1], **TOL, name="value_loss, random batch")
     return "hand cases on both sides of the clip, zero gradient when clipped, masked means"
+
+
+# --- 9.6 clipped value loss ---------------------------------------------------------------------
+
+
+@check
+def clipped_value_loss(fn):
+    """``fn(values, old_values, returns, mask, *, clip_eps) -> scalar``:
+    0.5 * masked mean of max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2)."""
+    def call(v, old, ret, mask=None, eps=0.2):
+        v, old, ret = (torch.tensor([x]) for x in (v, old, ret))
+        mask = torch.ones_like(v) if mask is None else mask
+        return _scalar(fn(v, old, ret, mask, clip_eps=eps), "clipped_value_loss")
+
+    clip_hint = ("clip the new value to old_values +- eps (old + clamp(V - old, -eps, eps)), square both errors "
+                 "against the returns and keep the larger one: max, not min")
+    # inside the clip range both terms agree: 0.5 * (0.1 - 1)^2 = 0.405
+    assert_close(call([0.1], [0.0], [1.0]), torch.tensor(0.405), **TOL, name="V=0.1, V_old=0, R=1, eps=0.2",
+                 hint="inside [V_old - eps, V_old + eps] the loss is 0.5 * (V - R)^2")
+    # V moved past the clip, away from R: unclipped error (0.5 - 0)^2 = 0.25, clipped (0.2 - 0)^2 = 0.04
+    got = call([0.5], [0.0], [0.0])
+    if abs(got.item() - 0.02) < 1e-6:
+        clip_hint = ("you kept the smaller of the two errors (min): PPO keeps the larger one (max), so moving V "
+                     "beyond the clip range never lowers the loss")
+    assert_close(got, torch.tensor(0.125), **TOL, name="V=0.5, V_old=0, R=0 (moved past the clip, away from R)",
+                 hint=clip_hint)
+    # V moved past the clip toward R: unclipped (0.5 - 1)^2 = 0.25, clipped (0.2 - 1)^2 = 0.64 -> 0.32
+    got = call([0.5], [0.0], [1.0])
+    if abs(got.item() - 0.125) < 1e-6:
+        clip_hint = ("this is the unclipped loss 0.5 * (V - R)^2 (or the min of the two): when V moved more than "
+                     "eps toward R the clipped error is larger, and PPO keeps it")
+    assert_close(got, torch.tensor(0.32), **TOL, name="V=0.5, V_old=0, R=1 (moved past the clip, toward R)",
+                 hint=clip_hint)
+    got = call([1.2], [1.0], [0.0], eps=0.1)  # clip around V_old (1.1), not around 0 or R: max(1.44, 1.21)
+    assert_close(got, torch.tensor(0.72), **TOL, name="V=1.2, V_old=1, R=0, eps=0.1", hint=clip_hint)
+    # gradient: none through a value whose clipped error is the larger (the step is undone, as in the surrogate)
+    args = (torch.tensor([[0.5, 0.1]]), torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2))
+    grad = grad_of(fn, args, kwargs={"clip_eps": 0.2})["grads"][0]
+    require(grad is not None and abs(grad[0, 0].item()) < 1e-7 and abs(grad[0, 1].item() + 0.45) < 1e-5,
+            f"gradient w.r.t. values should be 0 where the clipped error wins (V=0.5, V_old=0, R=1) and "
+            f"(V - R) / n = -0.45 inside the clip range (V=0.1); got {None if grad is None else grad.tolist()}")
+    gen = torch.Generator().manual_seed(6)
+    b, t = 5, 6
+    values, old, returns = (torch.randn(b, t, generator=gen) for _ in range(3))
+    mask = (torch.arange(t)[None, :] < torch.randint(1, t + 1, (b, 1), generator=gen)).float()
+    assert_close(fn(values, old, returns, mask, clip_eps=0.3),
+                 rlhf.clipped_value_loss(values, old, returns, mask, clip_eps=0.3), **TOL,
+                 name="random batch, ragged mask, eps = 0.3", inputs={"mask": mask},
+                 hint="a masked mean: sum(mask * max(...)) / sum(mask), times 0.5")
+    return "inside and past the clip on both sides of R, zero gradient when clipped, masked mean"
+
+
+# --- 9.7 adaptive KL coefficient -----------------------------------------------------------------
+
+
+@check
+def adaptive_kl_beta(fn):
+    """``fn(beta, kl, *, target, horizon, n_steps) -> next beta``:
+    beta * (1 + clip(kl / target - 1, -0.2, 0.2) * n_steps / horizon)."""
+    def call(beta, kl, target, horizon, n_steps):
+        out = fn(beta, kl, target=target, horizon=horizon, n_steps=n_steps)
+        require(isinstance(out, (int, float)) or (isinstance(out, torch.Tensor) and out.numel() == 1),
+                f"adaptive_kl_beta must return a number (the next beta), got {type(out).__name__}")
+        return torch.tensor(float(out), dtype=torch.float64)
+
+    hint = ("error = clip(kl / target - 1, -0.2, 0.2); beta * (1 + error * n_steps / horizon): proportional to "
+            "the relative error, clipped, scaled by how many episodes the measurement used")
+    cases = [  # (beta, kl, target, horizon, n_steps) -> by hand
+        ((0.1, 1.05, 1.0, 100, 10), 0.1 * (1 + 0.05 * 0.1)),   # inside the clip: 0.1005
+        ((0.1, 0.9, 1.0, 100, 10), 0.1 * (1 - 0.1 * 0.1)),     # KL below target: beta shrinks, 0.099
+        ((0.1, 2.2, 2.0, 100, 10), 0.1 * (1 + 0.1 * 0.1)),     # relative, not absolute, error: 0.101
+        ((0.1, 1.5, 1.0, 100, 10), 0.1 * (1 + 0.2 * 0.1)),     # clipped at +0.2: 0.102
+        ((0.3, 0.0, 1.0, 640, 64), 0.3 * (1 - 0.2 * 0.1)),     # clipped at -0.2: 0.294
+        ((0.5, 6.6, 6.0, 10000, 256), 0.5 * (1 + 0.1 * 0.0256)),
+    ]
+    for (beta, kl, target, horizon, n), want in cases:
+        got = call(beta, kl, target, horizon, n)
+        h = hint
+        if abs(got.item() - beta) > 1e-12 and (got.item() - beta) * (kl - target) < 0:
+            h = "beta must grow when the KL is above target (a stronger penalty) and shrink below it"
+        elif kl / target - 1 > 0.2 and abs(got.item() - beta * (1 + (kl / target - 1) * n / horizon)) < 1e-9:
+            h = "the relative error is clipped to [-0.2, 0.2] before it scales beta (at most 20 % per horizon)"
+        elif abs(got.item() - beta * (1 + max(min(kl - target, 0.2), -0.2) * n / horizon)) < 1e-9 and target != 1:
+            h = "the error is relative to the target: kl / target - 1, not kl - target"
+        assert_close(got, torch.tensor(want, dtype=torch.float64), atol=1e-9, rtol=1e-9,
+                     name=f"beta={beta}, kl={kl}, target={target}, horizon={horizon}, n_steps={n}", hint=h)
+    return "inside and at both ends of the clip, relative error, several horizons"
+
+
+# --- 9.8 DPO loss --------------------------------------------------------------------------------
+
+
+@check
+def dpo_loss(fn):
+    """``fn(logp_w, logp_l, ref_logp_w, ref_logp_l, *, beta) -> scalar``: the mean over pairs of
+    -log sigmoid(beta * ((logp_w - ref_logp_w) - (logp_l - ref_logp_l)))."""
+    from .. import dpo
+
+    def call(w, lo, rw, rl_, beta):
+        t = [torch.tensor(x, dtype=torch.float32) for x in (w, lo, rw, rl_)]
+        return _scalar(fn(*t, beta=beta), "dpo_loss")
+
+    hint = ("loss = -mean(logsigmoid(beta * ((logp_w - ref_logp_w) - (logp_l - ref_logp_l)))): the policy's "
+            "log-ratio to the reference on the preferred response minus that on the dispreferred one")
+    # by hand: log-ratios +0.5 (w) and -0.5 (l), beta 0.5: margin 0.5, loss log(1 + e^-0.5) = 0.474077
+    got = call([-1.0], [-2.0], [-1.5], [-1.5], 0.5)
+    want = torch.tensor(math.log1p(math.exp(-0.5)))
+    if abs(got.item() - math.log1p(math.exp(0.5))) < 1e-5:  # the usual slips, diagnosed on this one pair
+        hint = "the sign is flipped: the preferred response's log-ratio comes first (w minus l)"
+    elif abs(got.item() - math.log1p(math.exp(-1.0))) < 1e-5:
+        hint = "beta multiplies the margin inside the sigmoid"
+    elif abs(got.item() - 0.5 * math.log1p(math.exp(-1.0))) < 1e-5:
+        hint = "beta goes inside the sigmoid, -log sigmoid(beta * margin), not outside as a factor"
+    assert_close(got, want, **TOL, name="one pair: log-ratios +0.5 and -0.5, beta = 0.5", hint=hint)
+    # the reference matters: equal policy log-probs, but the reference prefers y_l
+    got = call([-2.0], [-2.0], [-3.0], [-1.0], 1.0)
+    assert_close(got, torch.tensor(math.log1p(math.exp(-2.0))), **TOL, name="equal policy log-probs, the reference prefers y_l",
+                 hint="subtract the reference's log-probability from the policy's for each response before comparing"
+                 if abs(got.item() - math.log(2)) < 1e-5 else hint)
+    # a large margin must not overflow: -log sigmoid(-200) = 200 (naive log(sigmoid(x)) gives inf)
+    got = call([-300.0], [-100.0], [-100.0], [-100.0], 1.0)
+    assert_close(got, torch.tensor(200.0), atol=1e-3, rtol=1e-5, name="margin -200 (stability)",
+                 hint="use F.logsigmoid(x), not torch.log(torch.sigmoid(x)), which is -inf below about -104 in float32")
+    gen = torch.Generator().manual_seed(7)
+    n = 12
+    args = [-torch.rand(n, generator=gen) * 10 for _ in range(4)]
+    assert_close(fn(*args, beta=0.3), dpo.dpo_loss(*args, beta=0.3), **TOL, name="12 random pairs, beta = 0.3",
+                 hint="average over pairs (mean, not sum)")
+    grads = grad_of(fn, tuple(args), wrt=(0, 1), kwargs={"beta": 0.3})["grads"]
+    margin = 0.3 * ((args[0] - args[2]) - (args[1] - args[3]))
+    want_w = -0.3 * torch.sigmoid(-margin) / n
+    require(grads[0] is not None and grads[1] is not None, "no gradient reached logp_w or logp_l (detached?)")
+    assert_close(grads[0], want_w, **TOL, name="d loss / d logp_w", hint="d loss / d logp_w = -beta sigmoid(-margin) / N")
+    assert_close(grads[1], -want_w, **TOL, name="d loss / d logp_l", hint="d loss / d logp_l = +beta sigmoid(-margin) / N")
+    return "hand cases, the reference's role, a large margin, random pairs and their gradients"
