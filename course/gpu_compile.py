@@ -41,6 +41,13 @@ class Report:
     def shared_limit(self) -> int:
         return SHARED_LIMIT[self.arch]
 
+    @property
+    def tensor_core_instruction(self) -> str:
+        """``'wgmma'`` (Hopper warpgroup MMA), ``'mma'`` (Ampere-style warp MMA) or ``''`` (none) in the PTX."""
+        if re.search(r"\bwgmma\.", self.ptx):
+            return "wgmma"
+        return "mma" if re.search(r"\bmma\.", self.ptx) else ""
+
     def summary(self) -> str:
         return (f"sm_{self.arch}: {self.registers} registers/thread, {self.spills} bytes spilled, "
                 f"{self.shared_bytes / 1024:.1f} KiB shared (limit {self.shared_limit // 1024} KiB), "
@@ -140,6 +147,11 @@ def _resource_usage(cubin: bytes) -> tuple[int, int]:
 def _spill_bytes(text: str) -> int:
     """Local memory per thread: where ptxas puts spilled registers (0 when nothing spills)."""
     return sum(int(m) for m in re.findall(r"LOCAL:(\d+)", text))
+
+
+def triton_version() -> str:
+    """The Triton whose compiler made a report (reports change with it: record it next to them)."""
+    return triton.__version__
 
 
 def compile_report(kernel, signature: dict, constexprs: dict, arch: int = 90, *, num_warps: int = 4,
