@@ -1,6 +1,7 @@
 # Papers to kernels: two commands do all the set-up.
 #   make lab    create .venv, install, register the kernel, start JupyterLab on the course
 #   make test   the same set-up, then the whole suite (what .ci/run calls)
+#   make gpu-check  on a CUDA GPU: the kernel tests compiled and every benchmark, <= 8 min (no Jupyter)
 PY        ?= python3
 VENV      := .venv
 BIN       := $(VENV)/bin
@@ -21,7 +22,7 @@ NBVAL     := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanit
 ALT_NUMERICS := ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=SSE41 COURSE_THREADS=2 \
                 COURSE_NOTEBOOK_BUDGET_S=240
 
-.PHONY: setup lab test test-portable test-fast notebooks grade clean
+.PHONY: setup lab test test-portable test-fast gpu-check notebooks grade clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -50,6 +51,9 @@ test-portable: setup  ## only the second numeric configuration (what another pro
 
 test-fast: setup  ## unit tests only, no notebook execution
 	$(BIN)/python -m pytest tests -m "not slow" $(TEST_ARGS)
+
+gpu-check: setup  ## on a CUDA GPU: kernel tests compiled, every bench -> course/results/*_gpu.csv (says so without a GPU)
+	$(BIN)/python scripts/gpu_check.py
 
 notebooks: setup
 	$(BIN)/python -m course build

@@ -3,13 +3,17 @@
     python scripts/bench_flash_attention.py                  # the full sweep -> course/results/flash_attention_gpu.csv
     python scripts/bench_flash_attention.py --quick          # only the performance-bar shape (prints, writes nothing)
     python scripts/bench_flash_attention.py --dtype bfloat16 --append   # part of the sweep, merged into the CSV
+    python scripts/bench_flash_attention.py --ladder         # the ladder's rungs -> course/results/flash_ladder_gpu.csv
 
 The sweep: N = 512 .. 16384, d = 64 and 128, causal and not, fp16 and bf16, forward and
 forward+backward, batch*heads = 32, for ``course.flash_attention.IMPLEMENTATIONS`` (the timing code is
 ``course.flash_attention.benchmark_case``, the one the notebook uses). Before timing anything it checks
 our kernel against SDPA at a ragged shape and stops if they disagree: numbers from a wrong kernel are
 not saved. At the end it prints the performance-bar shape (bf16, batch*heads = 32, N = 4096, d = 128)
-as a fraction of SDPA's TFLOP/s. Needs a CUDA GPU; refuses to run on the CPU interpreter.
+as a fraction of SDPA's TFLOP/s. With ``--ladder`` it times instead each rung of
+``course.flash_ladder`` (the learner's kernel, then one optimisation of the reference at a time) at
+``flash_ladder.LADDER_SHAPE``, after checking each rung against SDPA. Needs a CUDA GPU; refuses to
+run on the CPU interpreter.
 """
 
 from __future__ import annotations
@@ -56,6 +60,39 @@ def correctness(dtypes, head_dims) -> bool:
     return ok
 
 
+def ladder(repeats: int, out: str | None) -> int:
+    """Check every rung against SDPA at a ragged shape, then time each at the ladder's shape."""
+    from course import flash_ladder
+
+    shape = flash_ladder.LADDER_SHAPE
+    dtype = DTYPES[shape["dtype"]]
+    q, k, v = fa.make_qkv(4, 1000, shape["d"], dtype, "cuda", seed=1, requires_grad=True)
+    do = torch.randn_like(q)
+    ref = fa.sdpa_flash(q, k, v, shape["causal"])
+    ref.backward(do)
+    want = [ref] + [t.grad for t in (q, k, v)]
+    ok = True
+    with torch.no_grad():
+        for rung in flash_ladder.RUNGS:
+            got = flash_ladder.run_rung(rung, q.detach(), k.detach(), v.detach(), causal=shape["causal"], do=do)
+            got = [got] if rung.mode == "fwd" else list(got)
+            errors = [(a.float() - b.float()).abs().max().item() for a, b in zip(got, want)]
+            good = all(e < 6e-2 for e in errors)  # bf16: as in correctness() above
+            ok &= good
+            print(f"check rung {rung.index} ({rung.step}): max |ours - sdpa| "
+                  f"{', '.join(f'{e:.2e}' for e in errors)} -> {'ok' if good else 'MISMATCH'}", flush=True)
+    if not ok:
+        print("error: a rung disagrees with SDPA; not timing the ladder", file=sys.stderr)
+        return 1
+    rows = flash_ladder.measured_rows(repeats=repeats)
+    print(bench.format_table(rows, ["rung", "step", "mode", "ms", "tflops"], floatfmt=".3g"))
+    path = bench.save_csv(rows, out or flash_ladder.GPU_CSV, tags={
+        "what": "scripts/bench_flash_attention.py --ladder: each rung of course.flash_ladder, ms median "
+                "(triton do_bench), TFLOP/s (4*N^2*d per head forward, /2 causal, x3.5 forward+backward)"})
+    print(f"wrote {len(rows)} rows to {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
@@ -68,7 +105,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=100, help="milliseconds of timed calls per case (do_bench rep)")
     p.add_argument("--quick", action="store_true", help="only the performance-bar shape; write no CSV")
     p.add_argument("--append", action="store_true", help="merge into the existing CSV instead of replacing it")
-    p.add_argument("--out", default=str(fa.RESULTS_CSV))
+    p.add_argument("--ladder", action="store_true", help="time the ladder's rungs instead (course.flash_ladder)")
+    p.add_argument("--out", default=None, help="the CSV to write (default: course/results/flash_attention_gpu.csv, "
+                                              "or flash_ladder_gpu.csv with --ladder)")
     args = p.parse_args(argv)
 
     if not runtime.on_gpu():
@@ -77,6 +116,10 @@ def main(argv=None) -> int:
         return 2
     if args.batch_heads < 1 or any(n < 1 for n in args.n) or args.repeats < 1:
         p.error("--batch-heads, --n and --repeats must be positive")
+    if args.ladder:
+        print(f"device: {runtime.device_name()}, torch {torch.__version__}")
+        return ladder(args.repeats, args.out)
+    args.out = args.out or str(fa.RESULTS_CSV)
     shape = fa.PERF_BAR_SHAPE
     if args.quick:
         args.n, args.d, args.dtype, args.batch_heads = [shape["n"]], [shape["d"]], [shape["dtype"]], shape["batch_heads"]
