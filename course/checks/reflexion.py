@@ -298,4 +298,65 @@ def test_quality(fn):
     return f"{len(cases) + 1} cases, empty denominators, bad input rejected"
 
 
-__all__ = ["run_tests", "episodic_memory", "reflexion_loop", "pass_at_trial", "test_quality"]
+# --- 16.6 -----------------------------------------------------------------------------------------
+
+
+class _Draft:
+    """A program the scripted coder hands out; reading ``hidden_ok`` is cheating (the loop cannot see it)."""
+
+    def __init__(self, name: str, examples_ok: bool):
+        self.name, self.examples_ok = name, examples_ok
+
+    @property
+    def hidden_ok(self):
+        raise CheckFailed("the executor loop read hidden_ok: it may only run the prompt's examples "
+                          "(program.examples_ok); the hidden tests grade it afterwards")
+
+    def __repr__(self):
+        return f"<program {self.name}>"
+
+
+class _ScriptedCoder:
+    def __init__(self, verdicts):
+        self.drafts = [_Draft(f"#{i + 1}", ok) for i, ok in enumerate(verdicts)]
+        self.calls = 0
+
+    def draft(self, programs):
+        self.calls += 1
+        if self.calls > len(self.drafts):
+            raise CheckFailed(f"coder.draft was called {self.calls} times; the attempt budget allows fewer")
+        return self.drafts[self.calls - 1]
+
+
+@check
+def retry_on_examples(fn):
+    """``fn(programs, coder, attempts)`` drafts until the examples pass or the attempts run out."""
+    require(callable(fn), f"retry_on_examples must be a function, got {type(fn).__name__}")
+    cases = [  # (examples verdict of each draft the coder would give, attempts, drafts expected)
+        ([True], 3, 1), ([False, False, True], 5, 3), ([False, False, False], 3, 3), ([False, True], 1, 1),
+        ([False, True, True], 4, 2),
+    ]
+    for verdicts, attempts, want in cases:
+        coder = _ScriptedCoder(verdicts)
+        got = fn([], coder, attempts)
+        require(isinstance(got, tuple) and len(got) == 2,
+                f"retry_on_examples should return (program, attempts used), got {_show(got)}")
+        program, used = got
+        require(coder.calls == want, f"with drafts whose examples pass = {verdicts} and attempts={attempts}, "
+                f"the coder should be asked {want} time(s), was asked {coder.calls}"
+                + ("\n  hint: stop as soon as a draft passes the examples" if coder.calls > want else "")
+                + ("\n  hint: a failing draft is worth another attempt while attempts remain"
+                   if coder.calls < want else ""))
+        require(program is coder.drafts[want - 1], f"the loop should keep the last draft "
+                f"({coder.drafts[want - 1]!r}), got {_show(program)}")
+        require(used == want, f"attempts used should be {want}, got {_show(used)}")
+    try:
+        fn([], _ScriptedCoder([True]), 0)
+    except ValueError:
+        pass
+    else:
+        raise CheckFailed("retry_on_examples(programs, coder, 0) should raise ValueError: at least one attempt")
+    return f"{len(cases)} scripted coders: stops at the first draft that passes, keeps the last one, never over budget"
+
+
+__all__ = ["run_tests", "episodic_memory", "reflexion_loop", "pass_at_trial", "test_quality", "retry_on_examples"]
