@@ -335,6 +335,52 @@ def test_debug_ranks_name_a_mismatched_collective_at_once():
         assert info.value.kind == "raised" and "4vs 8" in str(info.value).replace(" vs", "vs")
 
 
+HANG_CELL_4 = '''
+import torch
+import torch.distributed as tdist
+
+def rank_3_skips_the_all_reduce():
+    if tdist.get_rank() != 3:
+        tdist.all_reduce(torch.ones(4))   # ranks 0-2 wait here for rank 3, which never comes
+    return tdist.get_rank()
+
+def rank_3_sends_a_different_size():
+    tdist.all_reduce(torch.ones(8 if tdist.get_rank() == 3 else 4))
+'''
+
+
+def test_a_4_rank_hang_ends_in_bounded_time_naming_the_call_each_rank_waits_in():
+    ns = notebook_namespace(HANG_CELL_4)
+    with dist.Ranks(4, timeout=60, grace=1) as ranks:
+        ranks.run(notebook_namespace(FAILING_CELL)["sleeps"], 0)  # started and joined: time only the hang
+        start = time.monotonic()
+        with pytest.raises(dist.RankFailed) as info:
+            ranks.run(ns["rank_3_skips_the_all_reduce"], timeout=3)
+        # 3 s limit, then each stuck rank is asked for its stack (SIGUSR1) before it is stopped
+        assert time.monotonic() - start < 20
+        message = str(info.value)
+        assert info.value.kind == "timeout"
+        for rank in (0, 1, 2):
+            assert f"rank {rank} was waiting in torch.distributed.all_reduce" in message, message
+        assert "line 7 in rank_3_skips_the_all_reduce" in message
+        assert "rank(s) [3] had finished" in message
+
+
+def test_a_4_rank_size_mismatch_ends_in_bounded_time_naming_the_mismatch_or_the_waiting_call():
+    ns = notebook_namespace(HANG_CELL_4)
+    with dist.Ranks(4, timeout=60, grace=1) as ranks:
+        ranks.run(notebook_namespace(FAILING_CELL)["sleeps"], 0)
+        start = time.monotonic()
+        with pytest.raises(dist.RankFailed) as info:
+            ranks.run(ns["rank_3_sends_a_different_size"], timeout=3)
+        assert time.monotonic() - start < 20
+        message = str(info.value)
+        # as with 2 ranks: gloo aborts a rank that receives too much, or the ranks are left waiting
+        assert "collective mismatch" in message or "waiting in torch.distributed.all_reduce" in message, message
+        if "waiting in" in message:
+            assert "line 11 in rank_3_sends_a_different_size" in message
+
+
 def test_an_interrupted_run_stops_the_ranks(ranks2):
     """The grader interrupts a check with SIGALRM; no rank may outlive that."""
     ns = notebook_namespace(FAILING_CELL)

@@ -95,10 +95,10 @@ def gpt_params_and_flops(fn):
 
 
 def _rank_f_g(copy_to, reduce_from):
-    rank = tdist.get_rank()
+    rank, device = tdist.get_rank(), dist.device()
     out = {}
     # f: identity forward, all-reduce backward
-    x = torch.arange(3.0, requires_grad=True)
+    x = torch.arange(3.0, device=device, requires_grad=True)
     with dist.measure() as fwd:
         y = copy_to.apply(x)
     out["f_forward"] = y.detach().clone()
@@ -107,13 +107,13 @@ def _rank_f_g(copy_to, reduce_from):
     out["f_grad"] = x.grad.clone()
     out["f_traffic"] = (fwd.calls(op="all_reduce"), bwd.calls(op="all_reduce"))
     # g: all-reduce forward, identity backward
-    x = torch.full((2,), float(rank + 1), requires_grad=True)
+    x = torch.full((2,), float(rank + 1), device=device, requires_grad=True)
     with dist.measure() as fwd:
         y = reduce_from.apply(x)
     out["g_forward"] = y.detach().clone()
     out["g_input_unchanged"] = x.detach().clone()
     with dist.measure() as bwd:
-        (y * torch.tensor([1.0, -2.0])).sum().backward()
+        (y * torch.tensor([1.0, -2.0], device=device)).sum().backward()
     out["g_grad"] = x.grad.clone()
     out["g_traffic"] = (fwd.calls(op="all_reduce"), bwd.calls(op="all_reduce"))
     return out
@@ -146,15 +146,17 @@ def conjugate_operators(copy_to, reduce_from):
 # --- 7.3 and 7.4: the parallel MLP and attention ------------------------------------------------
 
 
-def _layer_input(seed: int) -> torch.Tensor:
+def _layer_input(seed: int, device=None) -> torch.Tensor:
+    """The layer's input, drawn on the CPU (the same numbers everywhere), on ``device`` (default: this
+    rank's, :func:`course.dist.device`)."""
     torch.manual_seed(seed)
-    return torch.randn(BATCH, SEQ, D_MODEL)
+    return torch.randn(BATCH, SEQ, D_MODEL).to(dist.device() if device is None else device)
 
 
 def _rank_parallel_mlp(parallel_mlp, d_model, d_ff):
     rank, world = tdist.get_rank(), tdist.get_world_size()
     torch.manual_seed(0)
-    mlp = FeedForward(d_model, d_ff)
+    mlp = FeedForward(d_model, d_ff).to(dist.device())  # initialised on the CPU, then moved
     shards = [column_shard(mlp.up.weight, rank, world), mlp.up.bias.chunk(world)[rank],
               row_shard(mlp.down.weight, rank, world), mlp.down.bias]
     shards = [s.detach().clone().requires_grad_() for s in shards]
@@ -178,7 +180,7 @@ def _rank_parallel_attention(parallel_attention, d_model, n_head):
     rank, world = tdist.get_rank(), tdist.get_world_size()
     n_local = local_heads(n_head, world)
     torch.manual_seed(0)
-    attn = MultiHeadAttention(d_model, n_head)
+    attn = MultiHeadAttention(d_model, n_head).to(dist.device())
     shards = [column_shard(attn.q_proj.weight, rank, world), column_shard(attn.k_proj.weight, rank, world),
               column_shard(attn.v_proj.weight, rank, world), row_shard(attn.out_proj.weight, rank, world)]
     shards = [s.detach().clone().requires_grad_() for s in shards]
@@ -217,7 +219,7 @@ def parallel_mlp(fn):
         out = on_ranks(_rank_parallel_mlp, fn, d_model, d_ff)
         torch.manual_seed(0)
         mlp = FeedForward(d_model, d_ff)
-        x = _layer_input(1)[:, :, :d_model].contiguous()
+        x = _layer_input(1, "cpu")[:, :, :d_model].contiguous()
         _compare_tp(out, mlp, x,
                     [lambda w, r: column_shard(w, r, WORLD), lambda b, r: b.chunk(WORLD)[r],
                      lambda w, r: row_shard(w, r, WORLD), lambda b, r: b],
@@ -233,7 +235,7 @@ def parallel_attention(fn):
         out = on_ranks(_rank_parallel_attention, fn, d_model, n_head)
         torch.manual_seed(0)
         attn = MultiHeadAttention(d_model, n_head)
-        x = _layer_input(2)[:, :, :d_model].contiguous()
+        x = _layer_input(2, "cpu")[:, :, :d_model].contiguous()
         col = lambda w, r: column_shard(w, r, WORLD)  # noqa: E731
         _compare_tp(out, attn, x, [col, col, col, lambda w, r: row_shard(w, r, WORLD)],
                     ["q_proj", "k_proj", "v_proj", "out_proj"], f"attention(d={d_model}, heads={n_head})",
@@ -345,18 +347,26 @@ def one_f_one_b(fn):
 PIPE_WIDTH, PIPE_LAYERS, PIPE_ROWS, PIPE_MICRO = 16, 8, 16, 8
 
 
-def pipeline_model(seed: int = 0) -> nn.Sequential:
-    """Eight Linear(16, 16) + tanh blocks: the model the pipeline splits into 4 stages of 2."""
+def _device(device) -> torch.device:
+    """``device``, or this rank's device (:func:`course.dist.device`: a GPU on NCCL, else the CPU)."""
+    return dist.device() if device is None else torch.device(device)
+
+
+def pipeline_model(seed: int = 0, device=None) -> nn.Sequential:
+    """Eight Linear(16, 16) + tanh blocks: the model the pipeline splits into 4 stages of 2, on
+    ``device`` (default: this rank's); initialised on the CPU, so the same values everywhere."""
     torch.manual_seed(seed)
     layers = []
     for _ in range(PIPE_LAYERS):
         layers += [nn.Linear(PIPE_WIDTH, PIPE_WIDTH), nn.Tanh()]
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers).to(_device(device))
 
 
-def pipeline_data(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def pipeline_data(seed: int = 1, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets (16 rows of 16), drawn on the CPU, on ``device`` (default: this rank's)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(PIPE_ROWS, PIPE_WIDTH, generator=g), torch.randn(PIPE_ROWS, PIPE_WIDTH, generator=g)
+    x, y = torch.randn(PIPE_ROWS, PIPE_WIDTH, generator=g), torch.randn(PIPE_ROWS, PIPE_WIDTH, generator=g)
+    return x.to(_device(device)), y.to(_device(device))
 
 
 def stage_of(model: nn.Sequential, stage: int, stages: int) -> nn.Sequential:
@@ -396,8 +406,8 @@ def pipeline_1f1b(fn):
     """``fn(stage, m, microbatches, targets, shape)`` runs 1F1B over 4 ranks; loss and grads = one rank's."""
     for m in (1, 4, 8):  # smallest first
         out = on_ranks(_rank_pipeline, fn, m)
-        model = pipeline_model()
-        x, y = pipeline_data()
+        model = pipeline_model(device="cpu")
+        x, y = pipeline_data(device="cpu")
         loss = F.mse_loss(model(x), y)
         loss.backward()
         last = out.results[WORLD - 1][0]

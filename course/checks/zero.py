@@ -29,28 +29,37 @@ BETAS, EPS = (0.9, 0.999), 1e-8
 # --- what the notebook and the checks share -----------------------------------------------------
 
 
-def tiny_mlp(seed: int = 0) -> nn.Sequential:
-    """Three Linear layers with ReLUs: 32 -> 64 -> 64 -> 10, initialised from ``seed``."""
+def _device(device) -> torch.device:
+    """``device``, or this rank's device (:func:`course.dist.device`: a GPU on NCCL, else the CPU)."""
+    return dist.device() if device is None else torch.device(device)
+
+
+def tiny_mlp(seed: int = 0, device=None) -> nn.Sequential:
+    """Three Linear layers with ReLUs: 32 -> 64 -> 64 -> 10, initialised from ``seed``, on ``device``
+    (default: this rank's, :func:`course.dist.device`). Initialised on the CPU and then moved, so the
+    values are the same on every device."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(IN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
-                         nn.Linear(HIDDEN, OUT))
+                         nn.Linear(HIDDEN, OUT)).to(_device(device))
 
 
 def linear_layers(model: nn.Module) -> list[nn.Linear]:
     return [m for m in model.modules() if isinstance(m, nn.Linear)]
 
 
-def batch(step: int, rank: int | None = None, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step ``step``'s global batch (32 rows), or rank ``rank``'s equal slice of it."""
+def batch(step: int, rank: int | None = None, world_size: int = 1, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step ``step``'s global batch (32 rows), or rank ``rank``'s equal slice of it, on ``device``
+    (default: this rank's). Drawn on the CPU (the same numbers everywhere), then moved."""
     if GLOBAL_BATCH % world_size:
         raise ValueError(f"world_size must divide the global batch of {GLOBAL_BATCH}, got {world_size}")
     g = torch.Generator().manual_seed(1000 + step)
     x = torch.randn(GLOBAL_BATCH, IN, generator=g)
     y = torch.randn(GLOBAL_BATCH, OUT, generator=g)
+    where = _device(device)
     if rank is None:
-        return x, y
+        return x.to(where), y.to(where)
     rows = GLOBAL_BATCH // world_size
-    return x[rank * rows:(rank + 1) * rows], y[rank * rows:(rank + 1) * rows]
+    return x[rank * rows:(rank + 1) * rows].to(where), y[rank * rows:(rank + 1) * rows].to(where)
 
 
 def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -128,12 +137,13 @@ def tensor_bytes(*objects) -> int:
 
 
 def reference_training(steps: int, lr: float = LR) -> torch.Tensor:
-    """The single-process answer: full-batch Adam for ``steps`` steps; returns the flat parameters."""
-    model = tiny_mlp()
+    """The single-process answer: full-batch Adam for ``steps`` steps, on the CPU (where the ranks'
+    results arrive); returns the flat parameters."""
+    model = tiny_mlp(device="cpu")
     params = list(model.parameters())
     state = new_adam_state(flatten_padded(params, 1))
     for step in range(steps):
-        x, y = batch(step)
+        x, y = batch(step, device="cpu")
         model.zero_grad()
         loss_fn(model(x), y).backward()
         adam_update(state, flatten_padded([p.grad for p in params], 1), lr)
@@ -192,11 +202,11 @@ def zero_memory(fn):
 
 def _rank_grads_after(allreduce_gradients, per_rank_grads):
     """On a rank: set known gradients, call the learner's all-reduce, return what it left."""
-    rank = tdist.get_rank()
+    rank, device = tdist.get_rank(), dist.device()
     with torch.no_grad():
-        model = nn.Sequential(nn.Linear(2, 1))
+        model = nn.Sequential(nn.Linear(2, 1)).to(device)
     for p, grads in zip(model.parameters(), per_rank_grads):
-        p.grad = grads[rank].clone()
+        p.grad = grads[rank].to(device)  # sent from the kernel on the CPU
     allreduce_gradients(model)
     return [p.grad.clone() for p in model.parameters()]
 
@@ -213,8 +223,8 @@ def _rank_ddp_grads(allreduce_gradients):
 
 
 def _full_batch_grad() -> torch.Tensor:
-    model = tiny_mlp()
-    x, y = batch(0)
+    model = tiny_mlp(device="cpu")
+    x, y = batch(0, device="cpu")
     loss_fn(model(x), y).backward()
     return flatten_padded([p.grad for p in model.parameters()], 1)
 
@@ -298,9 +308,10 @@ def zero1_step(fn):
 
 def _rank_shard_gradients(shard_gradients):
     rank, world = tdist.get_rank(), tdist.get_world_size()
+    device = dist.device()
     # smallest case: a bucket of one 3-element tensor (padded to 4): rank r holds r + 1 everywhere
-    p = torch.zeros(3, requires_grad=True)
-    p.grad = torch.full((3,), rank + 1.0)
+    p = torch.zeros(3, device=device, requires_grad=True)
+    p.grad = torch.full((3,), rank + 1.0, device=device)
     small = shard_gradients([p])
     small_freed = p.grad is None
     # the MLP's last layer (650 parameters, padded to 652) as a bucket
@@ -317,8 +328,8 @@ def _rank_shard_gradients(shard_gradients):
 def shard_gradients(fn):
     """``fn(params)`` returns this rank's 1/N of the bucket's averaged, padded gradient and frees the grads."""
     out = on_ranks(_rank_shard_gradients, fn)
-    model = tiny_mlp()
-    x, y = batch(0)
+    model = tiny_mlp(device="cpu")
+    x, y = batch(0, device="cpu")
     loss_fn(model(x), y).backward()
     full = flatten_padded([torch.cat([p.grad.reshape(-1) for p in linear_layers(model)[-1].parameters()])], WORLD)
     chunk = full.numel() // WORLD
@@ -344,16 +355,16 @@ def shard_gradients(fn):
 
 
 def _rank_sharded_linear(sharded_linear):
-    rank, world = tdist.get_rank(), tdist.get_world_size()
+    rank, world, device = tdist.get_rank(), tdist.get_world_size(), dist.device()
     results = []
     for out_f, in_f, rows in ((1, 2, 1), (3, 5, 4), (HIDDEN, IN, 8)):  # smallest first
         torch.manual_seed(out_f * 100 + in_f)
-        layer = nn.Linear(in_f, out_f)
+        layer = nn.Linear(in_f, out_f).to(device)  # initialised on the CPU: the kernel's values
         flat = flatten_padded([layer.weight, layer.bias], world)
         chunk = flat.numel() // world
         shard = flat[rank * chunk:(rank + 1) * chunk].clone().requires_grad_(True)
         torch.manual_seed(7 + rank)
-        x = torch.randn(rows, in_f, requires_grad=True)
+        x = torch.randn(rows, in_f).to(device).requires_grad_(True)
         with dist.measure() as traffic:
             saved = []
             with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):

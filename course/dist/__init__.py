@@ -44,7 +44,8 @@ of a small gloo all_reduce (9.7 to 19.4 ms on 4 ranks on 2 shared cores), so it 
 **Devices.** NCCL moves only GPU tensors, gloo moves CPU tensors: code that runs on ranks makes
 its tensors with ``device=dist.device()`` (``cuda:<local rank>`` on NCCL, else the CPU) and moves
 models with ``.to(dist.device())``, so one cell runs on both; ``dist.synchronize()`` waits for the
-GPU before a clock is read (a no-op on the CPU).
+GPU before a clock is read (a no-op on the CPU). What a rank returns comes back to the notebook on
+the CPU (GPU tensors are copied when the result is pickled), where the single-process references live.
 
 **Traffic.** On every rank the ``torch.distributed`` collectives are wrapped (``all_reduce``,
 ``reduce_scatter*``, ``all_gather*``, ``broadcast``, ``reduce``, ``send``/``recv``/``isend``/

@@ -18,7 +18,9 @@ the CPU, where every call has finished when it returns); call it before each clo
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 
 import torch
 import torch.distributed as tdist
@@ -74,3 +76,29 @@ def synchronize() -> None:
     where = device()
     if where.type == "cuda":
         torch.cuda.synchronize(where)
+
+
+# --- results travel back on the CPU ---------------------------------------------------------------
+
+
+def _rebuild_on_cpu(tensor: torch.Tensor, requires_grad: bool) -> torch.Tensor:
+    return tensor.requires_grad_(requires_grad)
+
+
+class _CpuPickler(pickle.Pickler):
+    """Pickles GPU tensors as CPU copies: a rank's result is unpickled in the notebook's kernel (or
+    on rank 0 under torchrun), which must not open a CUDA context on every rank's GPU, and whose
+    reference values are on the CPU."""
+
+    def reducer_override(self, obj):
+        # only plain tensors: a Parameter pickles its .data (a plain tensor) through here
+        if type(obj) is torch.Tensor and obj.device.type != "cpu":
+            return _rebuild_on_cpu, (obj.detach().cpu(), obj.requires_grad)
+        return NotImplemented
+
+
+def dumps_on_cpu(value) -> bytes:
+    """``pickle.dumps(value)`` with every GPU tensor inside it copied to the CPU."""
+    buffer = io.BytesIO()
+    _CpuPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return buffer.getvalue()

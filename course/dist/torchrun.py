@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 import torch.distributed as tdist
 
+from .devices import dumps_on_cpu
 from .results import RunResult, make_failure
 from .traffic import Traffic, instrument, reset_traffic, traffic
 
@@ -99,7 +100,8 @@ def run_torchrun(self, fn: Callable, args: tuple, kwargs: dict) -> RunResult:
     if failures:
         raise make_failure("raised", failures, {r: verdicts[r][1] for r in failures},
                             [v[2] for v in verdicts], keep=True, torchrun=True)
-    mine = (result, out.getvalue(), err.getvalue(), traffic().counts)
+    # GPU tensors in the result become CPU copies, as in a local pool (see course.dist.devices)
+    mine = pickle.loads(dumps_on_cpu((result, out.getvalue(), err.getvalue(), traffic().counts)))
     gathered: list = [None] * n
     tdist.all_gather_object(gathered, mine)
     return RunResult([g[0] for g in gathered], [g[1] for g in gathered], [g[2] for g in gathered],

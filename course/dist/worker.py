@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 import torch
 import torch.distributed as tdist
 
+from .devices import dumps_on_cpu
 from .pickling import loads
 from .traffic import _GROUP_LABELS, instrument, reset_traffic, traffic
 
@@ -75,7 +76,7 @@ def _run_here(payload: bytes) -> tuple:
             fn, args, kwargs = loads(payload)
             result = fn(*args, **kwargs)
         try:
-            data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+            data = dumps_on_cpu(result)  # GPU tensors come back as CPU copies (see course.dist.devices)
         except Exception as error:  # noqa: BLE001
             raise TypeError(f"the function returned a {type(result).__name__}, which cannot be sent back "
                             f"({error}); return tensors, numbers, lists or dicts") from None
