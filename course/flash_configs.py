@@ -2,7 +2,8 @@
 
 Every config in :data:`GPU_CONFIGS` was compiled for sm_80 (A100) and sm_90 (H100) without a GPU
 (``scripts/compile_flash_configs.py``, Triton's own compiler via :func:`course.gpu_compile.compile_report`)
-at head dims 64 and 128, causal and not, fp16 and bf16; the results are in :data:`CONFIG_TABLE`
+at head dims 64 and 128, causal and not, bf16 and fp16 (or a sample of them: the CSV says which);
+the results are in :data:`CONFIG_TABLE`
 (registers, spilled bytes, shared memory, tensor-core instruction). At launch the autotuner keeps,
 for the running GPU's architecture, only the configs that table says compile with no spills and
 shared memory within the architecture's limit (:func:`kept_configs`). A config that spills reads and
@@ -88,7 +89,9 @@ def spills_on_sm90(kind: str, config: BlockConfig, head_dim: int) -> bool:
 
 @functools.lru_cache(maxsize=4)
 def _table(path: str) -> dict:
-    """{(arch, kind, head_dim, dtype, causal): {config name: kept?}} from the compile table."""
+    """{(arch, kind, head_dim): {config name: kept?}} from the compile table. A config is kept when
+    every variant compiled (fp16/bf16, causal or not) has no spills, fits the arch's shared memory
+    and compiled at all: the autotuner keys on head dim and causal, not dtype, so one verdict serves all."""
     from . import bench, gpu_compile
 
     if not Path(path).exists():
@@ -99,27 +102,24 @@ def _table(path: str) -> dict:
         arch = int(r["arch"])
         ok = (not r.get("error") and int(r["spills"]) == 0
               and 0 <= int(r["shared_bytes"]) <= gpu_compile.SHARED_LIMIT[arch])
-        key = (arch, r["kernel"], int(r["head_dim"]), str(r["dtype"]), str(r["causal"]) == "True")
-        table.setdefault(key, {})[r["config"]] = ok
+        verdicts = table.setdefault((arch, r["kernel"], int(r["head_dim"])), {})
+        verdicts[r["config"]] = verdicts.get(r["config"], True) and ok
     return table
 
 
 def kept_configs(kind: str, configs: list[BlockConfig], *, arch: int | None, head_dim: int,
-                 dtype: str | None = None, causal: bool | None = None, table: str | Path = CONFIG_TABLE
-                 ) -> list[BlockConfig]:
-    """The configs worth autotuning on ``sm_<arch>``: those the compile table says compile with no
-    spills and shared memory within the limit at this head dim, dtype and causal flag.
+                 table: str | Path = CONFIG_TABLE) -> list[BlockConfig]:
+    """The configs worth autotuning on ``sm_<arch>`` at this head dim: those the compile table says
+    compile with no spills and shared memory within the limit (in every variant compiled).
 
     Where the table has no verdict for a config (an architecture other than sm_80/sm_90, head dim 16
-    or 32, float32, or a config added after the table was made) the sm_90 rule
-    :func:`spills_on_sm90` decides: it is the only measurement there is, and Triton itself drops a
-    config whose shared memory does not fit when it launches it. If nothing is kept, all configs are
-    returned (the autotuner needs at least one; a spilling kernel is slow, not wrong).
+    or 32, or a config added after the table was made) the sm_90 rule :func:`spills_on_sm90`
+    decides: it is the only measurement there is, and Triton itself drops a config whose shared
+    memory does not fit when it launches it. If nothing is kept, all configs are returned (the
+    autotuner needs at least one; a spilling kernel is slow, not wrong).
     """
     _check_kind(kind)
-    verdicts = {}
-    if arch is not None and dtype is not None and causal is not None:
-        verdicts = _table(str(table)).get((int(arch), kind, int(head_dim), str(dtype), bool(causal)), {})
+    verdicts = {} if arch is None else _table(str(table)).get((int(arch), kind, int(head_dim)), {})
 
     def keep(c):
         name = config_name(c)
@@ -142,18 +142,16 @@ def _as_block(c) -> BlockConfig:
     return BlockConfig(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
 
 
-def _pruner(kind: str, arch: int | None = None):
-    """``prune_configs_by`` for ``triton.autotune``: :func:`kept_configs` for the launch's head dim,
-    dtype and causal flag on ``sm_<arch>`` (the running device's when None)."""
+def _pruner(kind: str, arch: int | None = None, *, from_device: bool = False):
+    """``prune_configs_by`` for ``triton.autotune``: :func:`kept_configs` for the launch's head dim on
+    ``sm_<arch>``, or on the running device's arch with ``from_device`` (what the GPU path uses);
+    with neither, the sm_90 rule alone."""
     _check_kind(kind)
 
     def prune(configs, named_args, **kwargs):
         head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM", 64))
-        causal = kwargs.get("CAUSAL", named_args.get("CAUSAL"))
-        q = named_args.get("Q")
-        dtype = str(q.dtype).replace("torch.", "") if hasattr(q, "dtype") else None
-        keep = kept_configs(kind, [_as_block(c) for c in configs], arch=device_arch() if arch is None else arch,
-                            head_dim=head_dim, dtype=dtype, causal=causal)
+        keep = kept_configs(kind, [_as_block(c) for c in configs], arch=device_arch() if from_device else arch,
+                            head_dim=head_dim)
         return [c for c in configs if _as_block(c) in keep]
 
     return {"early_config_prune": prune}
@@ -164,12 +162,15 @@ def _triton_configs(configs: list[BlockConfig]) -> list:
                           num_stages=c.num_stages) for c in configs]
 
 
-_fwd_tuned = triton.autotune(_triton_configs(FWD_GPU_CONFIGS), key=_TUNE_KEY, prune_configs_by=_pruner("fwd"))(
-    kernels._fwd_kernel)
-_dkdv_tuned = triton.autotune(_triton_configs(DKDV_GPU_CONFIGS), key=_TUNE_KEY,
-                              prune_configs_by=_pruner("dkdv"))(kernels._bwd_dkdv_kernel)
-_dq_tuned = triton.autotune(_triton_configs(DQ_GPU_CONFIGS), key=_TUNE_KEY, prune_configs_by=_pruner("dq"))(
-    kernels._bwd_dq_kernel)
+def _tuned(kind: str, kernel):
+    """``kernel`` autotuned over ``GPU_CONFIGS[kind]``, pruned for the running GPU's arch at launch."""
+    return triton.autotune(_triton_configs(GPU_CONFIGS[kind]), key=_TUNE_KEY,
+                           prune_configs_by=_pruner(kind, from_device=True))(kernel)
+
+
+_fwd_tuned = _tuned("fwd", kernels._fwd_kernel)
+_dkdv_tuned = _tuned("dkdv", kernels._bwd_dkdv_kernel)
+_dq_tuned = _tuned("dq", kernels._bwd_dq_kernel)
 
 
 # --- compiling a config for a GPU without one (scripts/compile_flash_configs.py, tests) -------------

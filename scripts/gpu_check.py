@@ -131,7 +131,8 @@ def bar_lines(since: float) -> list[str]:
     rows, _ = _fresh_rows(lora.RESULTS_CSV, since)
     prefill = [b for b in lora.performance_bars(rows) if b["bar"].startswith("fused / base")] if rows else []
     lines += [f"fused LoRA / base matmul at {b['tokens']} tokens: {b['ratio']:.3f}x, bar <= {b['target']}: "
-              f"{'met' if b['met'] else 'NOT met'}" for b in prefill] or ["fused LoRA vs base: not measured in this run"]
+              f"{'met' if b['met'] else 'NOT met'}" for b in prefill] or [
+        "fused LoRA vs base: not measured in this run"]
     rows, _ = _fresh_rows(bitnet.RESULTS_CSV, since)
     gemv = [r for r in bitnet.speedups(rows) if r["batch"] == 1 and r["size"] == 16384] if rows else []
     lines += [f"packed ternary GEMV at 16384^2, batch 1: {r['speedup']:.2f}x faster than bf16 matmul, bar >= 3x: "
