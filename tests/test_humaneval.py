@@ -132,3 +132,17 @@ def test_retry_on_examples_check_fails_on_the_stub_on_peeking_and_on_a_wrong_cou
         assert not core.RESULTS[-1].passed, wrong.__name__
     check.retry_on_examples(simulated.retry_on_examples)
     assert core.RESULTS[-1].passed
+
+
+def test_self_refine_with_a_coin_for_a_critic_neither_helps_nor_hurts_and_a_perfect_one_repairs():
+    table = simulated.load_programs()
+    one = [simulated.pass_rate(table, simulated.one_draft, p=0.5, seed=s)[0] for s in range(5)]
+    coin = [simulated.pass_rate(table, simulated.self_refine, p=0.5, seed=s, rounds=3, q=0.5)[0] for s in range(5)]
+    liar = [simulated.pass_rate(table, simulated.self_refine, p=0.5, seed=s, rounds=3, q=0.0)[0] for s in range(5)]
+    perfect = [simulated.pass_rate(table, simulated.self_refine, p=0.5, seed=s, rounds=3, q=1.0)[0] for s in range(5)]
+    # a coin's verdict is independent of correctness: redrawing keeps the draws' distribution, so the
+    # five-seed means differ only by sampling noise (sd of one mean ~0.04/sqrt(5) = 0.018; 0.06 is > 3 sd)
+    assert abs(sum(coin) / 5 - sum(one) / 5) < 0.06
+    assert max(liar) < min(one) < max(one) < min(perfect)
+    with pytest.raises(ValueError):
+        simulated.self_refine(PROGRAMS, simulated.SimulatedCoder(0.5, random.Random(0)), -1, q=0.5)

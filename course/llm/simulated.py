@@ -10,6 +10,8 @@ So what an agent loop gains is measured, as a function of the stated rates:
 * :func:`one_draft`: pass@1 of a single program;
 * :func:`retry_on_examples`: the AutoGen-style executor loop: run the examples the prompt shows,
   and while they fail and attempts remain, ask again (the model ignores the error: a fresh draft);
+* :func:`self_refine`: no tests at all: a critic judges each program, right with probability ``q``,
+  and a rejection is followed by a refinement (Self-Refine; the critic is the only signal);
 * :func:`reflexion`: as above, but after a failure a reflector names the real failing example
   with probability ``r``; a reflection that does lets the coder repair its program (the next draft
   is correct with probability ``p_fix``); one that does not is worth nothing (a fresh draft).
@@ -29,7 +31,7 @@ from pathlib import Path
 from .. import bench
 
 __all__ = ["Program", "load_programs", "SimulatedCoder", "one_draft", "retry_on_examples", "reflexion",
-           "pass_rate"]
+           "self_refine", "pass_rate"]
 
 PROGRAMS_CSV = Path(__file__).resolve().parents[1] / "results" / "humaneval_programs.csv"
 
@@ -112,6 +114,26 @@ def reflexion(programs: list[Program], coder: SimulatedCoder, attempts: int, *, 
         names_real_failure = coder.rng.random() < r
         program = coder.draft(programs, p_fix if names_real_failure else None)
         used += 1
+    return program, used
+
+
+def self_refine(programs: list[Program], coder: SimulatedCoder, rounds: int, *, q: float) -> tuple[Program, int]:
+    """Self-Refine with no tests: a critic judges each program, right with probability ``q``.
+
+    A rejected program is rewritten (a fresh draft: the critic's words carry no more than its
+    verdict); an accepted one ends the loop, as does the round budget. The critic is the only
+    signal, so the loop can select for correct programs only as far as ``q`` beats a coin.
+    """
+    _rate("q", q)
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0, got {rounds}")
+    program, used = coder.draft(programs), 1
+    for _ in range(rounds):
+        critic_right = coder.rng.random() < q
+        rejects = (not program.hidden_ok) if critic_right else program.hidden_ok
+        if not rejects:
+            break
+        program, used = coder.draft(programs), used + 1
     return program, used
 
 
