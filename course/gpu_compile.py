@@ -1,8 +1,8 @@
 """What will a GPU do with this kernel? Compile a Triton kernel for an NVIDIA target without a GPU.
 
 ``compile_report(kernel, signature, constexprs, arch)`` runs Triton's real compiler (the one a GPU
-would run) for ``sm_<arch>`` and reads the result back: registers per thread and spills (from
-``ptxas -v`` on the PTX, Triton's bundled ptxas), shared memory per block, and whether the
+would run) for ``sm_<arch>`` and reads the result back: registers per thread and spills (the
+"bytes spill stores/loads" of ``ptxas -v``, Triton's bundled ptxas), shared memory per block, and whether the
 code uses tensor-core instructions (``mma``/``wgmma``). It works where kernels run in the CPU
 interpreter (``TRITON_INTERPRET=1``): the kernel and the ``@triton.jit`` helpers it calls are rebuilt
 as compilable functions for the duration of the call. CI uses it (``tests/test_gpu_compile.py``) to fail
@@ -32,10 +32,11 @@ ARCHS = (75, 80, 90)
 class Report:
     arch: int
     registers: int
-    spills: int  # bytes of spill stores + loads reported by ptxas
+    spills: int  # bytes of spill stores + loads reported by ptxas -v
     shared_bytes: int
     has_mma: bool
     ptx: str
+    stack_bytes: int = 0  # ptxas's stack frame per thread (where spilled registers live)
 
     @property
     def shared_limit(self) -> int:
@@ -131,8 +132,8 @@ def _cuobjdump() -> Path:
     return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
 
-def _resource_usage(cubin: bytes) -> tuple[int, int]:
-    """(registers per thread, spill bytes) of the cubin ptxas made, from ``cuobjdump -res-usage``."""
+def _registers(cubin: bytes) -> int:
+    """Registers per thread of the cubin ptxas made, from ``cuobjdump -res-usage``."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,13 +141,36 @@ def _resource_usage(cubin: bytes) -> tuple[int, int]:
         path.write_bytes(cubin)
         out = subprocess.run([str(_cuobjdump()), "-res-usage", str(path)], capture_output=True, text=True,
                              check=True).stdout
-    regs = max((int(m) for m in re.findall(r"REG:(\d+)", out)), default=0)
-    return regs, _spill_bytes(out)
+    return max((int(m) for m in re.findall(r"REG:(\d+)", out)), default=0)
 
 
-def _spill_bytes(text: str) -> int:
-    """Local memory per thread: where ptxas puts spilled registers (0 when nothing spills)."""
-    return sum(int(m) for m in re.findall(r"LOCAL:(\d+)", text))
+def _ptxas_log(ptx: str, arch: int) -> str:
+    """``ptxas -v``'s report on ``ptx``, with the flags Triton compiles with (for a kernel Triton took
+    from its cache, where no ptxas ran in this process)."""
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        src.write_text(ptx)
+        return subprocess.run([str(get_ptxas(arch).path), "-lineinfo", "-v", "--regAllocOptLevel=2",
+                               f"--gpu-name={gpu}", str(src), "-o", str(Path(tmp) / "kernel.cubin")],
+                              capture_output=True, text=True, check=True).stderr
+
+
+def _spill_bytes(log: str) -> tuple[int, int]:
+    """(spill stores + spill loads, stack frame) in bytes per thread, from a ``ptxas -v`` log.
+
+    Spilled registers live in the stack frame: ``cuobjdump -res-usage``'s LOCAL column stays 0 for
+    them (measured: FlashAttention configs with 0 LOCAL spill hundreds of bytes), so the count comes
+    from ptxas itself.
+    """
+    stores = sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", log))
+    loads = sum(int(v) for v in re.findall(r"(\d+) bytes spill loads", log))
+    stack = max((int(v) for v in re.findall(r"(\d+) bytes stack frame", log)), default=0)
+    return stores + loads, stack
 
 
 def triton_version() -> str:
@@ -181,7 +205,7 @@ def compile_report(kernel, signature: dict, constexprs: dict, arch: int = 90, *,
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": num_warps, "num_stages": num_stages})
     ptx = compiled.asm["ptx"]
-    registers, spills = _resource_usage(compiled.asm["cubin"])
+    spills, stack = _spill_bytes(_ptxas_log(ptx, arch))
     has_mma = bool(re.search(r"\b(wgmma|mma)\.", ptx))
-    return Report(arch=arch, registers=registers, spills=spills, shared_bytes=int(compiled.metadata.shared),
-                  has_mma=has_mma, ptx=ptx)
+    return Report(arch=arch, registers=_registers(compiled.asm["cubin"]), spills=spills,
+                  shared_bytes=int(compiled.metadata.shared), has_mma=has_mma, ptx=ptx, stack_bytes=stack)
