@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections import Counter
 
 import torch
@@ -36,6 +37,33 @@ def validate_strategy(strategy) -> str:
     return strategy
 
 
+
+
+def ranks_per_machine(world: int) -> int:
+    """m, the ranks per machine (group), from the launch, validated.
+
+    Under torchrun on several machines it is ``LOCAL_WORLD_SIZE`` (the ranks torchrun started on
+    this machine). On one machine (local ranks, or torchrun with one node) two machines are emulated,
+    m = world / 2 (m = 1 for one rank); ``COURSE_RANKS_PER_MACHINE`` overrides both.
+    """
+    if not isinstance(world, int) or world < 1:
+        raise ValueError(f"world must be a positive number of ranks, got {world!r}")
+    override = os.environ.get("COURSE_RANKS_PER_MACHINE")
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    if override:
+        m, source = override, "COURSE_RANKS_PER_MACHINE"
+    elif local and int(local) < world:  # torchrun on several machines: a machine is what it started here
+        m, source = local, "LOCAL_WORLD_SIZE (torchrun)"
+    else:
+        m, source = (world // 2 if world % 2 == 0 else world), f"the default for {world} ranks on one machine"
+    try:
+        m = int(m)
+    except ValueError:
+        raise ValueError(f"{source} must be a whole number of ranks per machine, got {m!r}") from None
+    if m < 1 or world % m:
+        raise ValueError(f"ranks per machine m={m} (from {source}) must be at least 1 and divide the world size "
+                         f"{world}, so that every machine holds the same number of ranks")
+    return m
 
 
 _GROUPS: dict = {}  # (world size, m) -> (the default group they belong to, make_groups' result)
@@ -120,12 +148,12 @@ def _rank_ring(ring_reduce_scatter, ring_all_gather, sizes):
             results.append(None)
             continue
         k = len(ring)
-        x = torch.arange(numel, dtype=torch.float32) * (rank + 1) + rank
+        x = torch.arange(numel, dtype=torch.float32, device=dist.device()) * (rank + 1) + rank
         with dist.measure() as rs_traffic:
             chunk = ring_reduce_scatter(x.clone(), ring)
         with dist.measure() as ag_traffic:
             full = ring_all_gather(chunk.clone(), ring)
-        results.append((chunk, full, rs_traffic, ag_traffic, k))
+        results.append((chunk.cpu(), full.cpu(), rs_traffic, ag_traffic, k))  # CPU: the checker may have no GPU
     return results
 
 
@@ -170,9 +198,9 @@ def ring_collectives(ring_reduce_scatter, ring_all_gather):
 def _rank_hierarchical(hierarchical_all_reduce, numel):
     rank = tdist.get_rank()
     intra_ranks, inter_ranks, _, _ = make_groups(GROUP)
-    x = torch.arange(numel, dtype=torch.float32) * (rank + 1) - rank
+    x = torch.arange(numel, dtype=torch.float32, device=dist.device()) * (rank + 1) - rank
     with dist.measure() as traffic:
-        y = hierarchical_all_reduce(x.clone(), intra_ranks, inter_ranks)
+        y = hierarchical_all_reduce(x.clone(), intra_ranks, inter_ranks).cpu()
     intra = sum(e[1] for (op, g, peer), e in traffic.counts.items() if peer is not None and same_group(rank, peer))
     inter = sum(e[1] for (op, g, peer), e in traffic.counts.items() if peer is not None and not same_group(rank, peer))
     return y, intra, inter, traffic.sent()
@@ -292,3 +320,32 @@ def ring_time(fn):
     else:
         raise CheckFailed("fn('broadcast', ...) should raise ValueError: only the three ring collectives are modelled")
     return "6 cases incl. k = 1 and latency-only, and an unknown op"
+
+
+# --- 8.6 buckets for overlapping gradient all-reduces with backward ----------------------------------
+
+BUCKET_CASES = [([4, 4, 4, 4], 8), ([10, 1, 1], 8), ([3, 3, 3], 100), ([5, 5, 5], 1), ([2, 0, 6, 0, 3], 8),
+                ([], 16), ([262_144, 1_024, 262_144, 1_024], 262_144), ([7, 1, 8], 8)]
+
+
+@check
+def assign_buckets(fn):
+    """``fn(sizes, bucket_bytes)``: consecutive buckets of indices, each closed when its bytes reach the cap."""
+    from ..parallel.overlap import assign_buckets as reference
+
+    for sizes, cap in BUCKET_CASES:
+        got = fn(list(sizes), cap)
+        want = reference(list(sizes), cap)
+        require(isinstance(got, list) and all(isinstance(b, list) for b in got),
+                f"fn({sizes}, {cap}) should return a list of lists of indices, got {got!r}"[:300])
+        require(got == want,
+                f"fn({sizes}, bucket_bytes={cap}) returned {got}, expected {want}\n  hint: walk the sizes in order; "
+                "add each index to the open bucket and close the bucket as soon as its bytes reach bucket_bytes "
+                "(>=); a last, partly filled bucket is kept; no empty buckets")
+    for bad in (0, -8, 2.5):
+        try:
+            fn([4, 4], bad)
+        except ValueError:
+            continue
+        raise CheckFailed(f"fn([4, 4], {bad!r}) should raise ValueError: bucket_bytes must be a positive int")
+    return f"{len(BUCKET_CASES)} cases (exact fill, overflow, one bucket, one per tensor, zero-size, empty), bad caps"

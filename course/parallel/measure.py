@@ -1,0 +1,115 @@
+"""Instruments that do not know the formulas they are compared with.
+
+**Memory.** :func:`tracked` is PyTorch's ``MemTracker``: a dispatch mode that sees every storage
+allocated while it is active and keeps a weak reference to it, so ``live_bytes`` is the bytes of the
+storages made in the region that are still alive, and ``peak_bytes`` the most that were alive at once.
+On the CPU the counts are exact bytes; on CUDA the tracker rounds each allocation up to the caching
+allocator's 512-byte blocks, so small tensors read larger there.
+
+**Bytes on the wire.** Gloo moves data with ``write``/``writev`` on TCP sockets; Linux adds every byte
+a process writes through those calls to ``wchar`` in ``/proc/self/io``. The difference of two readings
+around a collective is what the rank really wrote: gloo's own algorithm, its small headers included.
+Files and pipes written in the region count too, so measure a region that only communicates. NCCL on
+GPUs moves bytes by NVLink or RDMA, not through these calls: there ``wchar`` sees none of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+_IO = Path("/proc/self/io")
+
+
+def written_bytes() -> int | None:
+    """Bytes this process has written through read/write system calls (``wchar``); None where the
+    kernel does not report it (macOS, Windows)."""
+    try:
+        for line in _IO.read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class Wire:
+    """Bytes written during a ``with wire() as w:`` region: ``w.bytes`` (None if not measurable)."""
+
+    def __init__(self):
+        self.bytes: int | None = None
+
+
+@contextlib.contextmanager
+def wire():
+    """Measure the bytes this rank writes to its sockets (and any file) inside the region."""
+    result, before = Wire(), written_bytes()
+    try:
+        yield result
+    finally:
+        after = written_bytes()
+        result.bytes = None if before is None or after is None else after - before
+
+
+def _total(snapshot: dict, device: torch.device) -> int:
+    for where, stats in snapshot.items():
+        if torch.device(where) == torch.device(device):
+            return int(stats["Total"])
+    return 0  # nothing was allocated on that device
+
+
+class Tracked:
+    """A running ``MemTracker``: live and peak bytes of the storages allocated inside the region."""
+
+    def __init__(self, tracker, device):
+        self.tracker, self.device = tracker, torch.device(device)
+
+    def live_bytes(self) -> int:
+        return _total(self.tracker.get_tracker_snapshot("current"), self.device)
+
+    def peak_bytes(self) -> int:
+        return _total(self.tracker.get_tracker_snapshot("peak"), self.device)
+
+    def reset_peak(self) -> None:
+        """Start a new peak from what is live now."""
+        self.tracker.reset_mod_stats()
+        snapshot = self.tracker.get_tracker_snapshot("current")
+        self.tracker._peak_mem_snap = {d: dict(s) for d, s in snapshot.items()}  # noqa: SLF001
+        self.tracker._peak_mem = {d: s["Total"] for d, s in snapshot.items()}  # noqa: SLF001
+
+
+@contextlib.contextmanager
+def tracked(device="cpu"):
+    """``with tracked(device) as mem: ...; mem.live_bytes(), mem.peak_bytes()`` for tensors made inside."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tracker = MemTracker()
+    with tracker:
+        yield Tracked(tracker, device)
+
+
+def storage_bytes(*objects) -> int:
+    """Bytes of the distinct storages behind the tensors in ``objects`` (nested lists, tuples, dicts):
+    a view shares its base's storage and counts once."""
+    seen, total = set(), 0
+
+    def visit(obj):
+        nonlocal total
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            key = (storage.data_ptr(), obj.device)
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+        elif isinstance(obj, dict):
+            for value in obj.values():
+                visit(value)
+        elif isinstance(obj, (list, tuple)):
+            for value in obj:
+                visit(value)
+
+    for obj in objects:
+        visit(obj)
+    return total
