@@ -69,10 +69,10 @@ def test_trace_table_shows_one_line_per_call_and_the_totals():
         two_step_conversation(model)
     table = trace.table()
     lines = table.splitlines()
-    assert lines[0].split() == ["#", "model", "sent", "last", "message", "sent", "tools", "offered", "reply", "in",
-                                "out", "tokens", "from"]
-    assert 'lookup("word": "cat")' in lines[2] and "estimate" in lines[2]
-    assert "tool lookup[call_1]: cat: a small domesticated carnivore" in lines[3]
+    assert lines[0].split() == ["#", "model", "sent", "last", "message", "sent", "tools", "offered", "reply", "text",
+                                "tool", "calls", "made", "in", "out", "tokens", "from"]
+    assert "lookup[call_1]" in lines[2] and "estimate" in lines[2]
+    assert "tool lookup[call_1]: cat: a small domesticated carnivore" in lines[3] and "A cat is a small carnivore." in lines[3]
     total = trace.summary()
     assert lines[-1] == (f"2 calls, {total['prompt_tokens']} prompt + {total['completion_tokens']} completion tokens "
                          "(counts: 2 estimate), 1 tool calls")
@@ -81,7 +81,7 @@ def test_trace_table_shows_one_line_per_call_and_the_totals():
 
 
 def test_trace_json_has_the_summary_and_abbreviated_calls(tmp_path):
-    long_text = "word " * 200
+    long_text = "word\n" * 200
     model = llm.ScriptedModel(["ok"], name="offline")
     with llm.Trace() as trace:
         model.chat([llm.user(long_text)])

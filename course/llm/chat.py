@@ -18,11 +18,12 @@ active :class:`~course.llm.trace.Trace` objects, so a learner can read what each
 
 Token counts. An HTTP backend reports the server's own counts when its reply has ``usage``
 (``Usage.source == "server"``). Otherwise, and for the offline backends, which have no
-tokenizer, the counts are estimates (``source == "estimate"``) by :func:`approx_tokens`, a fixed rule (letters in runs of at most 6,
-digits in runs of at most 3, every other non-space character alone, plus 4 tokens of overhead per
-message). It lands within a factor of about 1.5 of a BPE tokenizer on English and code, which is
-enough to compare two agent designs on the same backend; it is not a model's true count. Tool specs
-offered and tool calls made are counted as their JSON text.
+tokenizer, the counts are estimates (``source == "estimate"``) by :func:`approx_tokens`, a fixed
+rule (letters in runs of at most 6, digits in runs of at most 3, every other non-space character
+alone, plus 4 tokens of overhead per message). It lands within a factor of about 1.5 of a BPE
+tokenizer on English and code, which is enough to compare two agent designs on the same backend;
+it is not a model's true count. The tool specs offered count as their JSON text, a tool call as
+its name and argument text.
 """
 
 from __future__ import annotations

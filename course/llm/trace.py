@@ -34,6 +34,11 @@ def abbreviate(text: str, width: int = 60) -> str:
     return flat if len(flat) <= width else flat[:width - 3] + "..."
 
 
+def _cut(text: str, width: int) -> str:
+    """``text`` kept as it is (newlines included) up to ``width`` characters, then '...'."""
+    return text if len(text) <= width else text[:max(width - 3, 0)] + "..."
+
+
 def message_body(message: Message, width: int = 60) -> str:
     """A message's text and tool calls on one line, cut to ``width``; '(empty)' when it has neither."""
     body = message.content
@@ -73,9 +78,9 @@ class TraceCall:
         """The call as JSON-ready data; message texts cut to ``width`` characters (None: in full)."""
         out = asdict(self)
         if width is not None:
-            out["messages"] = [{**m, "content": abbreviate(m["content"], width)} if m.get("content") else m
+            out["messages"] = [{**m, "content": _cut(m["content"], width)} if m.get("content") else m
                                for m in self.messages]
-            out["reply"] = abbreviate(self.reply, width) if self.reply else ""
+            out["reply"] = _cut(self.reply, width)
         return out
 
 
@@ -134,23 +139,24 @@ class Trace:
 
     # --- reading ------------------------------------------------------------------------------
 
-    def rows(self, *, width: int = 48, latency: bool = False) -> list[dict]:
-        """One dict per call: the last message sent, the tools offered, the answer, tokens and source."""
+    def rows(self, *, width: int = 40, latency: bool = False) -> list[dict]:
+        """One dict per call: the last message sent, the tools offered, the reply's text and tool calls
+        (name[id]; their arguments are in the JSON), tokens and their source."""
         rows = []
         for c in self.calls:
             last = Message.coerce(c.messages[-1]) if c.messages else None
-            answer = Message("assistant", c.reply, None, tuple(_as_calls(c.tool_calls)))
+            calls = ", ".join(f"{t['name']}[{t['id']}]" for t in c.tool_calls) or "-"
             row = {"#": c.index, "model": c.model, "sent": len(c.messages),
                    "last message sent": describe_message(last, width) if last else "",
                    "tools offered": ", ".join(c.tools) or "-",
-                   "reply": message_body(answer, width),
+                   "reply text": abbreviate(c.reply, width) if c.reply.strip() else "-", "tool calls made": calls,
                    "in": c.prompt_tokens, "out": c.completion_tokens, "tokens from": c.token_source}
             if latency:
                 row["latency s"] = f"{c.latency_s:.3f}"
             rows.append(row)
         return rows
 
-    def table(self, *, width: int = 48, latency: bool = False) -> str:
+    def table(self, *, width: int = 40, latency: bool = False) -> str:
         """The trace as an aligned text table, one line per call, then the totals."""
         rows = self.rows(width=width, latency=latency)
         if not rows:
@@ -196,14 +202,3 @@ class Trace:
 
 
 TRACE_FORMAT = "course.llm.trace/1"
-
-
-def _as_calls(calls: list[dict]):
-    from .chat import ToolCall
-
-    for c in calls:
-        arguments = c["arguments"]
-        if isinstance(arguments, dict):
-            yield ToolCall(c["name"], arguments, c["id"])
-        else:
-            yield ToolCall(c["name"], {}, c["id"], str(arguments))
