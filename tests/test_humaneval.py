@@ -146,3 +146,18 @@ def test_self_refine_with_a_coin_for_a_critic_neither_helps_nor_hurts_and_a_perf
     assert max(liar) < min(one) < max(one) < min(perfect)
     with pytest.raises(ValueError):
         simulated.self_refine(PROGRAMS, simulated.SimulatedCoder(0.5, random.Random(0)), -1, q=0.5)
+
+
+def test_guardrail_retypes_refused_edits_and_cannot_see_slips_that_compile():
+    right = simulated.Edit("none", refused=False, hidden_ok=True)
+    refused = simulated.Edit("under", refused=True, hidden_ok=False)
+    silent = simulated.Edit("over", refused=False, hidden_ok=False)
+    rng = random.Random(0)
+    assert simulated.fix_bug([right, refused], rng, slip_rate=1.0, guardrail=True, attempts=3) == (False, 3)
+    assert simulated.fix_bug([right, refused], rng, slip_rate=1.0, guardrail=False) == (False, 1)
+    assert simulated.fix_bug([right, silent], rng, slip_rate=1.0, guardrail=True) == (False, 1)
+    assert simulated.fix_bug([right, refused], rng, slip_rate=0.0, guardrail=True) == (True, 1)
+    table = simulated.load_edits()
+    on = simulated.fix_rate(table, slip_rate=0.5, guardrail=True, seed=0)
+    off = simulated.fix_rate(table, slip_rate=0.5, guardrail=False, seed=0)
+    assert on[0] > off[0] and on[1] > off[1] == 1.0

@@ -31,7 +31,8 @@ from pathlib import Path
 from .. import bench
 
 __all__ = ["Program", "load_programs", "SimulatedCoder", "one_draft", "retry_on_examples", "reflexion",
-           "self_refine", "pass_rate"]
+           "self_refine", "pass_rate",
+           "Edit", "load_edits", "fix_bug", "fix_rate"]
 
 PROGRAMS_CSV = Path(__file__).resolve().parents[1] / "results" / "humaneval_programs.csv"
 
@@ -135,6 +136,63 @@ def self_refine(programs: list[Program], coder: SimulatedCoder, rounds: int, *, 
             break
         program, used = coder.draft(programs), used + 1
     return program, used
+
+
+# --- SWE-agent's edit guardrail ------------------------------------------------------------------------
+
+EDITS_CSV = Path(__file__).resolve().parents[1] / "results" / "humaneval_edits.csv"
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One way of typing a bug's fix: right ("none") or with an indentation slip, and what it did."""
+
+    slip: str
+    refused: bool           # the linter refused it (the file would not compile)
+    hidden_ok: bool         # the file it leaves, written anyway, passes the hidden tests
+
+
+def load_edits(path: str | Path = EDITS_CSV) -> dict[tuple[str, int], list[Edit]]:
+    """(task id, mutant) -> the fix typed right first, then its slips, from the table the script measured."""
+    rows, _ = bench.load_csv(path)
+    edits: dict[tuple[str, int], list[Edit]] = {}
+    for row in rows:
+        edits.setdefault((row["task_id"], int(row["mutant"])), []).append(
+            Edit(str(row["slip"]), row["lint"] != "accepted", bool(int(row["hidden_ok"]))))
+    return edits
+
+
+def fix_bug(edits: list[Edit], rng: random.Random, *, slip_rate: float, guardrail: bool,
+            attempts: int = 3) -> tuple[bool, int]:
+    """A simulated editor types the fix, slipping with probability ``slip_rate`` (a random slip kind).
+
+    With the guardrail a refused edit is shown back and typed again, up to ``attempts`` edits;
+    without it the first edit is written whatever it does and the editor moves on.
+    Returns (the file passes the hidden tests, edit commands used).
+    """
+    _rate("slip_rate", slip_rate)
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1, got {attempts}")
+    right, slipped = edits[0], edits[1:]
+    used = 0
+    while True:
+        used += 1
+        edit = rng.choice(slipped) if slipped and rng.random() < slip_rate else right
+        if not guardrail:
+            return edit.hidden_ok, used              # written whatever it does
+        if not edit.refused:
+            return edit.hidden_ok, used              # compiled, so the linter let it through
+        if used == attempts:
+            return False, used                       # every attempt refused: the bug is still there
+
+
+def fix_rate(edits: dict[tuple[str, int], list[Edit]], *, slip_rate: float, guardrail: bool, seed: int,
+             attempts: int = 3) -> tuple[float, float]:
+    """(share of bugs fixed, mean edit commands) over every bug, for one seed."""
+    rng = random.Random(seed)
+    results = [fix_bug(edits[key], rng, slip_rate=slip_rate, guardrail=guardrail, attempts=attempts)
+               for key in sorted(edits)]
+    return sum(ok for ok, _ in results) / len(results), sum(used for _, used in results) / len(results)
 
 
 def pass_rate(table: dict[str, list[Program]], loop, *, p: float, seed: int, **options) -> tuple[float, float]:
