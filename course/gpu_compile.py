@@ -179,12 +179,16 @@ def triton_version() -> str:
 
 
 def compile_report(kernel, signature: dict, constexprs: dict, arch: int = 90, *, num_warps: int = 4,
-                   num_stages: int = 3) -> Report:
+                   num_stages: int = 3, divisible_by_16=()) -> Report:
     """Compile ``kernel`` for ``sm_<arch>`` and report registers, spills, shared memory and tensor cores.
 
     ``signature`` maps every non-constexpr argument to its Triton type (``'*fp16'``, ``'i32'``, ``'fp32'``);
-    ``constexprs`` maps the constexpr arguments to values. Raises Triton's ``CompilationError`` when the
-    kernel does not compile for that target.
+    ``constexprs`` maps the constexpr arguments to values. ``divisible_by_16`` names the arguments a
+    launch would specialise as multiples of 16 (pointers from torch, which aligns its allocations,
+    and integers such as strides and lengths that are multiples of 16): Triton compiles a launch that
+    way, and the alignment changes vector widths, registers and spills (measured: the FlashAttention
+    forward 128 x 64, 8 warps, d = 128 spills 128 bytes on sm_90 without it, none with it). Raises
+    Triton's ``CompilationError`` when the kernel does not compile for that target.
     """
     if arch not in SHARED_LIMIT:
         raise ValueError(f"arch must be one of {sorted(SHARED_LIMIT)}, got {arch!r}")
@@ -199,9 +203,13 @@ def compile_report(kernel, signature: dict, constexprs: dict, arch: int = 90, *,
         missing = [n for n in names if n not in signature and n not in constexprs]
         if missing:
             raise ValueError(f"give a type (signature) or a value (constexprs) for {missing}")
+        aligned = set(divisible_by_16)
+        if aligned - set(signature):
+            raise ValueError(f"divisible_by_16 names {sorted(aligned - set(signature))}, not in the signature")
         sig = {n: ("constexpr" if n in constexprs else signature[n]) for n in names}
         consts = {(names.index(n),): v for n, v in constexprs.items()}
-        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts)
+        attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": num_warps, "num_stages": num_stages})
     ptx = compiled.asm["ptx"]
