@@ -673,3 +673,14 @@ def test_record_and_replay_keep_tool_calls_and_the_token_source(tmp_path):
     again = llm.ReplayModel(recorder.transcript())
     with pytest.raises(llm.ReplayMismatch, match="offers tools"):
         again.chat([llm.user("weather?")])
+
+
+def test_replay_mismatch_names_a_difference_in_tool_call_ids(tmp_path):
+    call = llm.ToolCall("get_weather", {"city": "Oslo"}, "call_1")
+    conversation = [llm.user("weather?"), llm.assistant("", tool_calls=[call]), llm.tool_result(call, "12 degrees")]
+    recorder = llm.Recorder(llm.ScriptedModel(["It is 12 degrees."]))
+    recorder.chat(conversation)
+    other = llm.ToolCall("get_weather", {"city": "Oslo"}, "call_2")
+    with pytest.raises(llm.ReplayMismatch, match="message 1 .* differs in its name, tool calls or tool_call_id"):
+        llm.ReplayModel(recorder.transcript()).chat([conversation[0], llm.assistant("", tool_calls=[other]),
+                                                     llm.tool_result(other, "12 degrees")])

@@ -145,3 +145,55 @@ def test_trace_says_server_when_the_server_reported_the_counts():
     assert (call.model, call.prompt_tokens, call.completion_tokens, call.token_source) == ("tiny", 123, 17, "server")
     assert call.tool_calls == [{"id": "call_9", "name": "lookup", "arguments": {"word": "dog"}}]
     assert "(counts: 1 server)" in trace.table()
+
+
+class _ScriptedServer(_OneReplyServer):
+    """A local server that answers the i-th request with the i-th canned body and keeps the requests."""
+
+    def __init__(self, bodies: list[dict]):
+        self.requests: list[dict] = []
+        outer, queue = self, list(bodies)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                outer.requests.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
+                payload = json.dumps(queue.pop(0)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+
+def test_the_same_tool_loop_runs_on_an_offline_model_and_on_a_server():
+    """What notebook 11 promises: its loop works unchanged with either backend; only the token source differs."""
+    server = _ScriptedServer([
+        {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [CALL.to_dict()]}}],
+         "usage": {"prompt_tokens": 50, "completion_tokens": 9}},
+        {"choices": [{"message": {"role": "assistant", "content": "A cat is a small carnivore."}}],
+         "usage": {"prompt_tokens": 80, "completion_tokens": 7}}])
+    offline = llm.ScriptedModel([llm.assistant("", tool_calls=[CALL]), "A cat is a small carnivore."])
+    try:
+        runs = {}
+        for name, model in (("offline", offline), ("server", llm.OpenAICompatible(server.url, "tiny"))):
+            with llm.Trace() as trace:
+                runs[name] = (two_step_conversation(model), trace)
+    finally:
+        server.close()
+    (offline_messages, offline_trace), (server_messages, server_trace) = runs["offline"], runs["server"]
+    assert offline_messages == server_messages  # the same conversation, tool message and call id included
+    assert [c.tool_calls for c in offline_trace.calls] == [c.tool_calls for c in server_trace.calls]
+    assert [c.token_source for c in server_trace.calls] == ["server", "server"]
+    assert [c.token_source for c in offline_trace.calls] == ["estimate", "estimate"]
+    assert server.requests[1]["messages"][-1] == {"role": "tool", "content": "cat: a small domesticated carnivore",
+                                                  "name": "lookup", "tool_call_id": "call_1"}
+    assert server.requests[0]["tools"] == [llm.tool_schema(lookup)] and server.requests[0]["tool_choice"] == "auto"
+    assert server.requests[1]["seed"] == 1

@@ -269,6 +269,9 @@ class ReplayModel(ChatModel):
 
 def _first_difference(recorded: list[Message], sent: list[Message]) -> str:
     for i, (a, b) in enumerate(zip(recorded, sent)):
+        if a != b and (a.role, a.content) == (b.role, b.content):
+            return (f"message {i} ({a.role} {a.content[:60]!r}) differs in its name, tool calls or tool_call_id: "
+                    f"recorded {a.to_dict()}, sent {b.to_dict()}"[:400])
         if a != b:
             return (f"message {i} recorded as {a.role} {a.content[:60]!r}, "
                     f"sent as {b.role} {b.content[:60]!r}")
