@@ -165,6 +165,14 @@ def test_pipeline_1f1b(solution):
     gpipe_order = with_replaced(solution, "pipeline_1f1b", gpipe_source)
     assert not passed(check.pipeline_1f1b, gpipe_order["pipeline_1f1b"])  # right loss and gradients
     assert "GPipe" in core.RESULTS[-1].message and "in flight" in core.RESULTS[-1].message
+    # the earlier solution's pattern: one isend per message, blocking recvs, tags to tell them apart;
+    # right on gloo, but under NCCL's rule stage r's activation send and stage r+1's gradient send
+    # wait for each other's receives
+    from test_dist_device import TAGGED_PIPELINE
+
+    tagged = with_replaced(solution, "pipeline_1f1b", TAGGED_PIPELINE)
+    assert not passed(check.pipeline_1f1b, tagged["pipeline_1f1b"])
+    assert "NCCL" in core.RESULTS[-1].message and "batch_isend_irecv" in core.RESULTS[-1].message
     stub = define("def f(stage, m, microbatches, targets, shape):\n    raise NotImplementedError('Exercise 7.6')\n")
     assert not passed(check.pipeline_1f1b, stub["f"])
     assert core.RESULTS[-1].message.startswith("not implemented")

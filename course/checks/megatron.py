@@ -387,9 +387,9 @@ def _rank_pipeline(pipeline_1f1b, m):
     order = []  # "F" each time the stage runs forward, "B" each time a backward reaches its first layer
     stage.register_forward_hook(lambda *_: order.append("F"))
     next(stage.parameters()).register_hook(lambda grad: order.append("B"))
-    with dist.measure() as traffic:
+    with dist.measure() as traffic, dist.p2p.record() as groups:
         loss = pipeline_1f1b(stage, m, micro_x, micro_y, (PIPE_ROWS // m, PIPE_WIDTH))
-    return (None if loss is None else float(loss)), [p.grad for p in stage.parameters()], traffic, order
+    return (None if loss is None else float(loss)), [p.grad for p in stage.parameters()], traffic, order, groups
 
 
 def _peak_in_flight(order) -> int:
@@ -416,7 +416,7 @@ def pipeline_1f1b(fn):
         require(math.isclose(last, loss.item(), rel_tol=1e-5, abs_tol=1e-6),
                 f"m={m}: pipeline loss {last:.7f}, single-rank loss {loss.item():.7f}\n  hint: the loss of one "
                 "microbatch is mse(output, target) / m, so that the gradients add up to the full batch's")
-        for rank, (_, grads, traffic, order) in enumerate(out.results):
+        for rank, (_, grads, traffic, order, _groups) in enumerate(out.results):
             want = [p.grad for p in stage_of(model, rank, WORLD).parameters()]
             for i, (g, w) in enumerate(zip(grads, want)):
                 require(g is not None, f"m={m}: parameter {i} of stage {rank} got no gradient")
@@ -436,4 +436,11 @@ def pipeline_1f1b(fn):
                     f"1F1B holds at most p - stage = {limit}\n  hint: that is GPipe's order (all forwards, then "
                     "all backwards); follow one_f_one_b(p, m, stage): warm up with p - stage - 1 forwards, then "
                     "alternate one forward and one backward")
-    return "m = 1, 4, 8 microbatches: loss and every stage's gradients equal one rank's; point-to-point bytes"
+        # the same calls under NCCL's rule (a send completes only when its receive is posted; no tags)
+        why = dist.p2p.replay({rank: r[4] for rank, r in enumerate(out.results)}, WORLD)
+        require(why is None,
+                f"m={m}: your sends and receives ran here on gloo, but replayed under NCCL's rule they can hang: "
+                f"{why}\n  hint: gloo buffers sends and matches tags; NCCL does neither. Post each op's send "
+                "together with the receive the next op needs, in one tdist.batch_isend_irecv, and wait for both")
+    return ("m = 1, 4, 8 microbatches: loss and every stage's gradients equal one rank's; point-to-point bytes; "
+            "NCCL-safe order")

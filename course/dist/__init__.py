@@ -85,13 +85,15 @@ more machines unchanged::
 - :mod:`course.dist.traffic`: counting the bytes of each collective, per process group;
 - :mod:`course.dist.results`: :class:`RunResult`, :class:`RankFailed` and their messages;
 - :mod:`course.dist.torchrun`: joining torchrun's group instead of starting processes;
-- :mod:`course.dist.devices`: :func:`device` and :func:`synchronize`, where a rank's tensors live.
+- :mod:`course.dist.devices`: :func:`device` and :func:`synchronize`, where a rank's tensors live;
+- :mod:`course.dist.p2p`: recording a rank's point-to-point calls and replaying them under NCCL's rule.
 """
 
 from __future__ import annotations
 
 import torch.distributed as tdist  # noqa: F401 - kept for code that reads course.dist.tdist
 
+from . import p2p  # noqa: F401 - dist.p2p.record / dist.p2p.replay: is a message pattern NCCL-safe?
 from .devices import device, local_rank, synchronize
 from .pickling import _NAMESPACES, _Pickler, dumps, loads  # noqa: F401
 from .processes import _choose_backend, _loopback_interface, _positive  # noqa: F401

@@ -39,10 +39,20 @@ def torchrun_world_size() -> int | None:
     return int(os.environ["WORLD_SIZE"]) if under_torchrun() else None
 
 
+def torchrun_backend(backend: str = "auto") -> str:
+    """The backend for torchrun's group: ``backend`` if given; for ``'auto'``, NCCL when this machine
+    has a GPU for each of its ranks (``LOCAL_WORLD_SIZE``), else gloo (for example 4 ranks on one GPU)."""
+    if backend != "auto":
+        return backend
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    enough = torch.cuda.is_available() and torch.cuda.device_count() >= local_ranks
+    return "nccl" if enough else "gloo"
+
+
 def join_torchrun(self, backend: str) -> None:
     """Join the process group torchrun made (making it if the script has not yet)."""
     if not tdist.is_initialized():
-        chosen = backend if backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
+        chosen = torchrun_backend(backend)
         if chosen == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         # a collective that waits longer than this raises instead of hanging until torchrun is killed
