@@ -684,3 +684,18 @@ def test_replay_mismatch_names_a_difference_in_tool_call_ids(tmp_path):
     with pytest.raises(llm.ReplayMismatch, match="message 1 .* differs in its name, tool calls or tool_call_id"):
         llm.ReplayModel(recorder.transcript()).chat([conversation[0], llm.assistant("", tool_calls=[other]),
                                                      llm.tool_result(other, "12 degrees")])
+
+
+def test_a_transcript_recorded_before_token_sources_replays_with_the_right_source():
+    # transcripts written before Usage.source existed have only "estimated"
+    old = {"format": offline.TRANSCRIPT_FORMAT, "model": "m", "calls": [
+        {"messages": [{"role": "user", "content": "a"}], "reply": "x",
+         "usage": {"prompt_tokens": 5, "completion_tokens": 1, "latency_s": 0.1, "cost_usd": 0.0, "estimated": True}},
+        {"messages": [{"role": "user", "content": "b"}], "reply": "y",
+         "usage": {"prompt_tokens": 9, "completion_tokens": 2, "latency_s": 0.1, "cost_usd": 0.0, "estimated": False}}]}
+    replay = llm.ReplayModel(old)
+    assert replay.chat([llm.user("a")]).usage.source == "estimate"
+    assert replay.chat([llm.user("b")]).usage.source == "server"
+    assert llm.Usage(1, 2, 0.0, source="estimate").to_dict()["estimated"] is True
+    with pytest.raises(ValueError, match="source"):
+        llm.Usage(1, 2, 0.0, source="guess")
