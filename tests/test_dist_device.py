@@ -447,3 +447,14 @@ def test_torchrun_picks_nccl_only_with_a_gpu_for_every_local_rank(monkeypatch):
     assert torchrun_backend("gloo") == "gloo"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert torchrun_backend("auto") == "gloo"
+
+
+def test_results_pickle_unchanged_on_the_cpu_and_keep_parameters():
+    import pickle
+
+    layer = torch.nn.Linear(2, 1)
+    value = {"w": layer.weight, "t": torch.arange(3.0), "n": 1.5, "nested": [torch.ones(2, requires_grad=True)]}
+    back = pickle.loads(devices.dumps_on_cpu(value))
+    assert type(back["w"]) is torch.nn.Parameter and torch.equal(back["w"], layer.weight)
+    assert torch.equal(back["t"], value["t"]) and back["n"] == 1.5
+    assert back["nested"][0].requires_grad and back["nested"][0].device.type == "cpu"
