@@ -417,7 +417,53 @@ def navigator_policy(messages) -> str:
     return _bfs_first_move(rows, pos, target, passable) or "up"
 
 
+# --- a navigator that drifts at stated rates -----------------------------------------------------------
+
+
+def shortest_first_move(world: MilestoneWorld, target: tuple) -> int | None:
+    """The first action of a shortest path from the agent's cell to ``target`` through what is open now."""
+    start, stage = world.state
+    queue, seen = deque([(start, None)]), {start}
+    while queue:
+        cell, first = queue.popleft()
+        if cell == target:
+            return first
+        for action, name in enumerate(ACTIONS):
+            dx, dy = MOVES[name]
+            nxt = (cell[0] + dx, cell[1] + dy)
+            if nxt in seen or (nxt != target and world.wall(nxt, stage)):
+                continue
+            seen.add(nxt)
+            queue.append((nxt, action if first is None else first))
+    return None
+
+
+class SimulatedNavigator:
+    """Walks a shortest path to its current subgoal, but loses track at stated rates.
+
+    Each step an on-track navigator drifts with probability ``drift``; a drifting one wanders (a
+    random move) until it recovers by itself (probability ``recover`` a step) or, when the prompt
+    carries a reminder of its subgoal, heeds it (probability ``heed``). No layout, coin or task is
+    written into it: its mistakes are random, and the rates are inputs, not measurements.
+    """
+
+    def __init__(self, rng: random.Random, *, drift: float, recover: float, heed: float) -> None:
+        for name, value in (("drift", drift), ("recover", recover), ("heed", heed)):
+            _require(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1,
+                     f"{name} must be a probability in [0, 1], got {value!r}")
+        self.rng, self.drift, self.recover, self.heed = rng, drift, recover, heed
+        self.on_track = True
+
+    def act(self, world: MilestoneWorld, target: tuple, reminded: bool) -> int:
+        if self.on_track:
+            self.on_track = self.rng.random() >= self.drift
+        else:
+            self.on_track = self.rng.random() < (self.heed if reminded else self.recover)
+        move = shortest_first_move(world, target) if self.on_track else None
+        return self.rng.randrange(len(ACTIONS)) if move is None else move
+
+
 __all__ = ["ACTIONS", "MILESTONES", "FACTS", "THREE_ROOMS", "TWO_ROOMS", "MilestoneWorld", "StepResult", "sparse_reward",
            "stage_potential", "tabular_mdp", "shaped", "train_q_learning", "greedy_rollout", "QHistory",
            "moving_average", "random_layout", "describe_task", "planner_policy", "observation", "navigator_policy",
-           "SYSTEM_PLANNER", "SYSTEM_NAVIGATOR"]
+           "SYSTEM_PLANNER", "SYSTEM_NAVIGATOR", "shortest_first_move", "SimulatedNavigator"]

@@ -239,3 +239,24 @@ def test_random_layouts_are_seeded_and_valid():
     for seed in range(10):
         world = mira.MilestoneWorld(mira.random_layout(seed))
         assert len(world.coins) == 2 and len(world.targets) == 5
+
+
+def test_simulated_navigator_without_drift_reaches_the_exit_through_every_milestone():
+    import random
+
+    world = mira.MilestoneWorld(mira.THREE_ROOMS, max_steps=200)
+    navigator = mira.SimulatedNavigator(random.Random(0), drift=0.0, recover=0.0, heed=0.0)
+    world.reset()
+    while True:
+        result = world.step(navigator.act(world, world.targets[world.state[1]][0], False))
+        if result.terminal or result.truncated:
+            break
+    assert result.terminal
+    assert world.steps == 20  # THREE_ROOMS: 3 + 5 + 5 + 4 + 3 Manhattan steps from S to a, A, b, B, G (no wall in the way)
+
+
+def test_simulated_navigator_rejects_rates_outside_zero_one():
+    import random
+
+    with pytest.raises(ValueError, match="drift"):
+        mira.SimulatedNavigator(random.Random(0), drift=1.5, recover=0.1, heed=0.5)
