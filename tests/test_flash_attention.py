@@ -23,6 +23,7 @@ import course
 from course import flash_attention as fa
 from course import runtime
 from course.checks import core
+from course.checks import tolerance as tolerances
 from course.checks import flash_attention as check
 from course.grading import exercises
 
@@ -443,6 +444,20 @@ CHECKS = [
         {"lse[..., i0:i1] = m + torch.log(l)": "lse[..., i0:i1] = m + l"},
         {"s = s.masked_fill(cols > rows, ": "s = s.masked_fill(cols >= rows + 1 + 1, "},  # off by one
     ]),
+    (check.tiled_matmul, "matmul_kernel", [
+        {"acc.to(C.dtype.element_ty)": "(acc * 0).to(C.dtype.element_ty)"},  # an all-zero C
+        {"acc = tl.dot(a, b, acc)": "acc = tl.dot(a, b)"},  # keeps only the last K block
+        {"k_ok = offs_k < K - k0": "k_ok = offs_k < BLOCK_K"},  # no mask on the ragged K block
+        {"offs_k[None, :] * stride_ak": "offs_k[None, :]"},  # assumes A's rows are contiguous
+        {"mask=(rows[:, None] < M) & (cols[None, :] < N))": "mask=None)"},  # stores the whole edge tiles
+    ]),
+    (check.row_softmax, "softmax_kernel", [
+        {"(e / tl.sum(e, 0)).to(Y.dtype.element_ty)": "(e * 0).to(Y.dtype.element_ty)"},  # an all-zero Y
+        {'other=float("-inf")': "other=0.0"},  # the padding adds exp(0 - max) to the sum
+        {"e = tl.exp(x - tl.max(x, 0))": "e = tl.exp(x)"},  # no max-subtraction: inf / inf at 1e4
+        {"cols * stride_xn": "cols"},  # assumes X's rows are contiguous
+        {"), mask=ok)": "))"},  # stores the padding too
+    ]),
     (check.triton_forward, "flash_fwd_kernel", [
         {"acc = acc * alpha[:, None] + tl.dot": "acc = acc + tl.dot"},
         {"hi = tl.minimum((start_m + 1) * BLOCK_M, N_K)   # key blocks past the diagonal: skipped": "hi = N_K"},
@@ -481,7 +496,7 @@ def test_checks_reject_arguments_of_the_wrong_kind():
     for check_fn in (check.hbm_accesses, check.online_softmax, check.tiled_attention, check.tiled_backward):
         assert not verdict(check_fn, 42).passed
         assert "pass your function" in core.RESULTS[-1].message
-    for check_fn in (check.triton_forward, check.triton_backward):
+    for check_fn in (check.triton_forward, check.triton_backward, check.tiled_matmul, check.row_softmax):
         assert not verdict(check_fn, lambda: None).passed
         assert "@triton.jit kernel" in core.RESULTS[-1].message
     assert not verdict(check.autograd_function, object).passed
@@ -491,3 +506,96 @@ def test_reference_io_model_counts():
     # N=5, d=2, M=8: B = 1 row, T = 5 blocks; standard 4*5*2 + 4*25 = 140; tiled 20 + 100 + 5
     assert check.reference_hbm_accesses(5, 2, 8) == (140, 125)
     assert course.__version__  # the package imported first, so Triton is configured
+
+
+# --- the ramp: tiled matmul and row softmax -------------------------------------------------------
+
+
+@pytest.mark.parametrize("blocks, message", [
+    ({"block_k": 48}, "block_k must be a power of two >= 16, got 48"),
+    ({"block_m": 8}, "block_m must be a power of two >= 16, got 8"),
+    ({"block_n": 32.0}, "block_n must be a power of two >= 16, got 32.0"),
+])
+def test_tiled_matmul_check_refuses_blocks_a_gpu_build_rejects(solution, blocks, message):
+    # the interpreter runs BLOCK_K = 48 correctly; the compiler fails: the check says so before launching
+    check.tiled_matmul(solution.module.matmul_kernel, **blocks)
+    result = core.RESULTS[-1]
+    assert not result.passed and message in result.message and "power of 2" in result.message
+
+
+def test_tiled_matmul_check_passes_other_power_of_two_blocks(solution):
+    check.tiled_matmul(solution.module.matmul_kernel, block_m=16, block_n=64, block_k=32)
+    assert core.RESULTS[-1].passed, core.RESULTS[-1].message
+
+
+@pytest.mark.parametrize("name, wrong", [
+    ("matmul_kernel", None), ("matmul_kernel", {"acc.to(C.dtype.element_ty)": "(acc * 0).to(C.dtype.element_ty)"}),
+    ("matmul_kernel", {"acc.to(C.dtype.element_ty)": "(2 * acc).to(C.dtype.element_ty)"}),
+    ("softmax_kernel", None),
+    ("softmax_kernel", {"(e / tl.sum(e, 0)).to(Y.dtype.element_ty)": "(e * 0).to(Y.dtype.element_ty)"}),
+    ("softmax_kernel", {"(e / tl.sum(e, 0)).to(Y.dtype.element_ty)": "(2 * e / tl.sum(e, 0)).to(Y.dtype.element_ty)"}),
+])
+@pytest.mark.parametrize("mode", ["interpreter", "compiled"])
+def test_ramp_checks_reject_zero_and_doubled_outputs_with_the_gpu_tolerances_too(solution, monkeypatch, name,
+                                                                                   wrong, mode):
+    # The compiled (TF32) tolerances, emulated here, are looser; they must still reject results off by 100%.
+    monkeypatch.setattr(tolerances, "compiled", lambda: mode == "compiled")
+    check_fn = check.tiled_matmul if name == "matmul_kernel" else check.row_softmax
+    kernel = getattr(solution.load(replace=wrong) if wrong else solution.module, name)
+    assert verdict(check_fn, kernel).passed is (wrong is None), core.RESULTS[-1].message
+
+
+def _truncate_to_tf32(x: torch.Tensor) -> torch.Tensor:
+    """x with the 13 low mantissa bits cleared: TF32 by truncation, the worse of the two roundings."""
+    return (x.float().contiguous().view(torch.int32) & ~0x1FFF).view(torch.float32)
+
+
+@pytest.mark.parametrize("m, n, k", [(16, 16, 16), (37, 45, 50), (100, 70, 130), (64, 64, 1531)])
+def test_matmul_tolerance_covers_tf32_products_and_rejects_a_missing_k_block(monkeypatch, m, n, k):
+    monkeypatch.setattr(tolerances, "compiled", lambda: True)
+    gen = torch.Generator().manual_seed(k)
+    a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
+    atol, rtol = check._matmul_tol(a, b)
+    exact = a.double() @ b.double()
+    tf32 = _truncate_to_tf32(a).double() @ _truncate_to_tf32(b).double()
+    assert ((tf32 - exact).abs() <= atol + rtol * exact.abs()).all()
+    assert (tf32 - exact).abs().max() > 1e-4  # the emulation does change the result (TF32 is not exact)
+    skipped = exact - a[:, :16].double() @ b[:16].double()  # the first K block of 16 left out
+    assert ((skipped - exact).abs() > atol + rtol * exact.abs()).any()
+
+
+def test_softmax_tolerance_is_far_below_one_over_the_row_length():
+    # a zero output is off by p >= 1/n somewhere in each row: the tolerance must be much smaller
+    for dtype, n in ((torch.float32, 8192), (torch.float16, 8192), (torch.bfloat16, 1000)):
+        atol, rtol = check._softmax_tol(dtype, n)
+        assert atol < 1e-7 and rtol < 0.05 and atol + rtol / n < 0.1 / n
+
+
+def test_ramp_launchers_validate_their_inputs():
+    kernel = fa._fwd_kernel  # never launched: validation comes first
+    a = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="do not multiply"):
+        check.launch_matmul(kernel, a, torch.randn(4, 8))
+    with pytest.raises(TypeError, match="share a dtype"):
+        check.launch_matmul(kernel, a, torch.randn(8, 4).double())
+    with pytest.raises(ValueError, match="power of two >= 16"):
+        check.launch_matmul(kernel, a, torch.randn(8, 4), block_k=48)
+    with pytest.raises(ValueError, match="2-D"):
+        check.launch_matmul(kernel, torch.randn(8), a)
+    with pytest.raises(ValueError, match="2-D float32"):
+        check.launch_row_softmax(kernel, torch.randn(8))
+    with pytest.raises(ValueError, match="out must be"):
+        check.launch_row_softmax(kernel, a, out=torch.empty(8, 4))
+
+
+def test_ramp_launchers_match_torch_on_strided_inputs(solution):
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 37, generator=gen).t().to(DEVICE)  # transposed: stride (1, 37)
+    b = torch.randn(50, 29, generator=gen).to(DEVICE)
+    c = check.launch_matmul(solution.module.matmul_kernel, a, b, block_m=16, block_n=32, block_k=16)
+    atol, rtol = check._matmul_tol(a, b)
+    torch.testing.assert_close(c.double(), a.double() @ b.double(), atol=atol, rtol=rtol)
+    x = torch.randn(70, 30, generator=gen).t().to(DEVICE) * 50  # transposed, logits up to ~200
+    y = check.launch_row_softmax(solution.module.softmax_kernel, x)
+    atol, rtol = check._softmax_tol(torch.float32, 70)
+    torch.testing.assert_close(y.double(), torch.softmax(x.double(), -1), atol=atol, rtol=rtol)

@@ -190,7 +190,232 @@ def tiled_attention(fn):
     return f"{len(cases)} cases: ragged blocks, N_q != N_k, causal, scores of ~1e4"
 
 
-# --- Exercise 2.4: Triton forward kernel ------------------------------------------------------------
+# --- Exercises 2.4 and 2.5: a tiled matmul and a row softmax in Triton -----------------------------
+# The checks launch through observation helpers that build the strided views next to the learner's kernel:
+# when the grader's judge checks a submission, tensors cross the wire as contiguous arrays, losing strides.
+
+SENTINEL = -12345.0  # fills the buffers around an output: a store without a mask overwrites it
+
+
+def _block_problem(name: str, value) -> str | None:
+    """Why ``value`` cannot be a tl.dot block size (None when it can)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 16 and not value & (value - 1):
+        return None
+    return (f"{name} must be a power of two >= 16, got {value!r}: the compiler needs tl.arange lengths that are "
+            "powers of two and tl.dot tiles of at least 16 per side (Triton's CPU interpreter accepts other sizes; "
+            "a GPU build fails with 'arange's range must be a power of 2')")
+
+
+def launch_matmul(kernel, a, b, *, out=None, block_m=32, block_n=32, block_k=16, num_warps=4, num_stages=2):
+    """``C = A @ B`` with ``kernel[(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N))](A, B, C, M, N, K, strides..., BLOCK_*)``.
+
+    Any strides (a transposed ``A`` included); ``out`` (optional) receives C, which has A's dtype.
+    """
+    import triton
+
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            raise ValueError(f"{name} must be a 2-D torch.Tensor, got {getattr(t, 'shape', type(t).__name__)}")
+    if a.dtype != b.dtype or a.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"a and b must share a dtype among float32, float16, bfloat16; got {a.dtype}, {b.dtype}")
+    if a.shape[1] != b.shape[0] or a.device != b.device:
+        raise ValueError(f"a {tuple(a.shape)} on {a.device} and b {tuple(b.shape)} on {b.device} do not multiply")
+    (m, k), n = a.shape, b.shape[1]
+    c = torch.empty(m, n, dtype=a.dtype, device=a.device) if out is None else out
+    if tuple(c.shape) != (m, n) or c.dtype != a.dtype:
+        raise ValueError(f"out must be a {a.dtype} tensor of shape {(m, n)}, got {c.dtype} {tuple(c.shape)}")
+    for name, value in (("block_m", block_m), ("block_n", block_n), ("block_k", block_k)):
+        if problem := _block_problem(name, value):
+            raise ValueError(problem)
+    runtime.require_kernel_device("the tiled matmul kernel", a=a, b=b, out=c)
+    kernel[(triton.cdiv(m, block_m), triton.cdiv(n, block_n))](
+        a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
+    return c
+
+
+def launch_row_softmax(kernel, x, *, out=None):
+    """Softmax of each row of a 2-D ``x``: ``kernel[(rows,)](X, Y, n_cols, strides..., BLOCK_N)``,
+    one program per row, ``BLOCK_N`` the next power of two >= n_cols (the whole row in one tile)."""
+    import triton
+
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point() or x.dtype == torch.float64:
+        raise ValueError(f"x must be a 2-D float32/float16/bfloat16 tensor, got {getattr(x, 'dtype', type(x))}")
+    rows, cols = x.shape
+    if rows < 1 or not 1 <= cols <= 65536:
+        raise ValueError(f"x must have >= 1 row and 1 to 65536 columns (one row per tile), got {tuple(x.shape)}")
+    y = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
+    if y.shape != x.shape or y.dtype != x.dtype:
+        raise ValueError(f"out must be a {x.dtype} tensor of shape {tuple(x.shape)}")
+    runtime.require_kernel_device("the row-softmax kernel", x=x, out=y)
+    block = triton.next_power_of_2(cols)
+    warps = 4 if block <= 2048 else 8 if block <= 8192 else 16  # more threads share a longer row
+    kernel[(rows,)](x, y, cols, x.stride(0), x.stride(1), y.stride(0), y.stride(1), BLOCK_N=block, num_warps=warps)
+    return y
+
+
+def _padded(rows, cols, dtype, device, *, room, seed=0, scale=1.0, shift=0.0, fill=float("nan")):
+    """(buffer, view): a seeded rows x cols block at the top left of a buffer of at least ``room`` (the
+    whole tiles a kernel may touch, so reads and writes past the edges stay inside it) padded with ``fill``."""
+    buf = torch.full((max(rows + 1, room[0]), max(cols + 1, room[1])), fill, dtype=torch.float64)
+    buf[:rows, :cols] = _randn(rows, cols, dtype=torch.float64, scale=scale, seed=seed) + shift
+    buf = buf.to(device, dtype)
+    return buf, buf[:rows, :cols]
+
+
+@observation
+def run_matmul(kernel, a_buf, b_buf, c_buf, m, n, k, transpose_a, blocks) -> torch.Tensor:
+    """Next to the learner's kernel: A, B, C as views of padded buffers (A^T stored when
+    ``transpose_a``), one launch; returns the whole C buffer (padding included)."""
+    a = a_buf[:k, :m].t() if transpose_a else a_buf[:m, :k]
+    launch_matmul(kernel, a, b_buf[:k, :n], out=c_buf[:m, :n], block_m=blocks[0], block_n=blocks[1],
+                  block_k=blocks[2])
+    return c_buf
+
+
+@observation
+def run_row_softmax(kernel, x_buf, y_buf, rows, cols, transpose_x) -> torch.Tensor:
+    """Next to the learner's kernel: softmax of the rows x cols view of ``x_buf`` (of its transpose's
+    top left when ``transpose_x``) into the top left of ``y_buf``; returns the whole ``y_buf``."""
+    x = x_buf[:cols, :rows].t() if transpose_x else x_buf[:rows, :cols]
+    launch_row_softmax(kernel, x, out=y_buf[:rows, :cols])
+    return y_buf
+
+
+def _require_untouched(buf, rows, cols, what, hint) -> None:
+    outside = torch.ones(buf.shape, dtype=torch.bool)
+    outside[:rows, :cols] = False
+    written = int((buf.detach().cpu()[outside] != torch.tensor(SENTINEL, dtype=buf.dtype)).sum())
+    require(written == 0, f"{what}: the kernel wrote {written} element(s) outside the {rows} x {cols} output\n"
+            f"  hint: {hint}")
+
+
+# Matmul tolerance, a bound rather than a guess: with inputs rounded to u_in (TF32 on a GPU for fp32
+# inputs unless input_precision="ieee"; 0 when tl.dot multiplies the given values exactly: fp32 in the
+# interpreter, fp16/bf16 everywhere) and a float32 accumulator (u = 2^-24), each entry of A B is off by
+# at most (2 u_in + K u) sum_k |a_ik b_kj| (first order), plus the rounding of C to its dtype (u_out
+# relative). A safety factor of 2 covers second-order terms; max_ij (|A| |B|)_ij gives one atol. Compiled
+# fp32 with randn inputs: ~2^-9 * 0.64 K, 0.08 at K = 64 on entries of size ~sqrt(K) = 8, so a zero or
+# doubled C (off by its own size) and a skipped K block (off by ~sqrt(BLOCK_K)) fail
+# (tests/test_flash_attention.py checks this bound against TF32 emulated on the CPU).
+MATMUL_SAFETY = 2
+
+
+def _matmul_tol(a, b) -> tuple[float, float]:
+    fmt = tolerance.dot_format(a.dtype)
+    u_in = tolerance.unit_roundoff("tf32") if fmt == "tf32" else 0.0
+    u_acc = tolerance.unit_roundoff("float32")
+    scale = (a.detach().double().abs() @ b.detach().double().abs()).max().item()
+    atol = MATMUL_SAFETY * (2 * u_in + a.shape[1] * u_acc) * scale
+    rtol = MATMUL_SAFETY * tolerance.unit_roundoff(str(a.dtype).replace("torch.", ""))
+    return atol, rtol
+
+
+@check
+def tiled_matmul(kernel, block_m: int = 32, block_n: int = 32, block_k: int = 16):
+    """``kernel`` computes C = A @ B with one program per BLOCK_M x BLOCK_N tile of C (see launch_matmul)."""
+    require(hasattr(kernel, "__getitem__"), f"pass your @triton.jit kernel, got {type(kernel).__name__}")
+    for name, value in (("block_m", block_m), ("block_n", block_n), ("block_k", block_k)):
+        require(_block_problem(name, value) is None, _block_problem(name, value))
+    f32, f16 = torch.float32, torch.float16
+    mine = (block_m, block_n, block_k)
+    cases = [  # (M, N, K, dtype, A stored transposed, blocks, hint on what this case adds)
+        (16, 16, 16, f32, False, (16, 16, 16), "one tile: offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak"),
+        (16, 16, 64, f32, False, (16, 16, 16), "K = 4 * BLOCK_K: add tl.dot(a, b) of every K block into the "
+                                               "float32 accumulator (acc += tl.dot(a, b))"),
+        (37, 45, 50, f32, False, mine, "ragged M, N, K: load with mask=(rows < M) & (k0 + offs_k < K), "
+                                       "other=0.0 (likewise for B), store with mask=(rows < M) & (cols < N)"),
+        (40, 24, 70, f32, True, mine, "A is transposed (stride_am = 1): use both strides, never assume the "
+                                      "last one is 1"),
+        (100, 70, 130, f16, False, (32, 64, 32), "fp16: accumulate in float32, cast to C's dtype when storing"),
+        (20, 33, 47, f16, True, (64, 16, 16), "BLOCK_M > M and BLOCK_N < N"),
+    ]
+    cases += runtime.pick([], [(1000, 777, 1531, f32, False, (128, 128, 32), "a GPU-sized fp32 product"),
+                               (2048, 1024, 4096, f16, True, (128, 128, 64), "a GPU-sized fp16 product")])
+    if runtime.triton_mode() == "compiled":  # the CPU interpreter computes bf16 tl.dot wrongly
+        cases.append((300, 200, 257, torch.bfloat16, False, (64, 64, 32), "bf16"))
+    device = runtime.device()
+    for m, n, k, dtype, transpose_a, blocks, hint in cases:
+        tm, tn, tk = (-(-size // block) * block for size, block in zip((m, n, k), blocks))  # whole tiles
+        if transpose_a:
+            a_buf, a_t = _padded(k, m, dtype, device, room=(tk, tm), seed=m + k)
+            a = a_t.t()
+        else:
+            a_buf, a = _padded(m, k, dtype, device, room=(tm, tk), seed=m + k)
+        b_buf, b = _padded(k, n, dtype, device, room=(tk, tn), seed=n + k + 1)
+        c_buf, _ = _padded(m, n, dtype, device, room=(tm + 1, tn + 1), fill=SENTINEL)
+        c_buf[:m, :n] = float("nan")  # a tile that is never stored stays NaN
+        label = _case(M=m, N=n, K=k, dtype=str(dtype)[6:], A="transposed" if transpose_a else "row-major",
+                      BLOCK=blocks)
+        got = run_matmul(kernel, a_buf, b_buf, c_buf, m, n, k, transpose_a, blocks)
+        assert_tensor(got, f"C buffer ({label})", shape=c_buf.shape)
+        atol, rtol = _matmul_tol(a, b)
+        assert_close(got[:m, :n], (a.double() @ b.double()).cpu(), atol=atol, rtol=rtol, name=f"C ({label})",
+                     hint=hint + "; NaN means a load read past the edge of A or B (padding holds NaN) or a tile "
+                                 "of C was never stored")
+        _require_untouched(got, m, n, f"C ({label})", "store with mask=(rows < M)[:, None] & (cols < N)[None, :]")
+    return f"{len(cases)} products: ragged M, N, K, transposed A, fp32/fp16, BLOCK_M/N/K = {mine} and others"
+
+
+# Row softmax tolerance, also a bound: in fp32, x - max is exact or rounded once (the error is u |x - m|,
+# and only entries with x - m > -~30 matter: e^-30 ~ 1e-13), exp adds a few ulp (a GPU's ex2.approx about
+# 2^-22), the sum of n terms is off by at most n u relative, the division by u: rtol = 2 u (32 + n + 8).
+# An fp16 or bf16 output adds one rounding (u_out relative); atol covers probabilities that underflow
+# (the smallest normal float32 or bfloat16; half the smallest fp16 subnormal). A zero output (off by p >= 1/n)
+# and a softmax without max-subtraction (inf / inf = NaN at logits of 1e4) fail.
+def _softmax_tol(dtype, n: int) -> tuple[float, float]:
+    rtol = 2 * tolerance.unit_roundoff("float32") * (32 + n + 8)
+    if dtype == torch.float32:
+        return 2.0 ** -126, rtol
+    name = str(dtype).replace("torch.", "")
+    return (2.0 ** -25 if dtype == torch.float16 else 2.0 ** -126), rtol + 2 * tolerance.unit_roundoff(name)
+
+
+@check
+def row_softmax(kernel):
+    """``kernel`` writes softmax of each row of X into Y, one program per row (see launch_row_softmax)."""
+    require(hasattr(kernel, "__getitem__"), f"pass your @triton.jit kernel, got {type(kernel).__name__}")
+    f32, f16 = torch.float32, torch.float16
+    cases = [  # (rows, cols, dtype, logit scale, shift, X stored transposed, hint)
+        (1, 1, f32, 1.0, 0.0, False, "a row of one element has softmax 1"),
+        (3, 16, f32, 1.0, 0.0, False, "y = exp(x - max(x)) / sum(exp(x - max(x))) over the row's columns"),
+        (5, 37, f32, 1.0, -3.0, False, "37 columns in a 64-wide tile: load with mask=cols < n_cols and "
+                                       "other=-inf so the padding adds exp(-inf) = 0 to the sum"),
+        (7, 50, f32, 1.0, 0.0, True, "X is transposed (stride_xn != 1): address X + row * stride_xm + cols * "
+                                     "stride_xn"),
+        (4, 33, f32, 1e4, 0.0, False, "logits of 1e4: exp overflows to inf; subtract the row max first"),
+        (4, 33, f32, 1.0, -1e4, False, "logits near -1e4: exp underflows to 0 and 0/0 is NaN; subtract the "
+                                       "row max first"),
+        (6, 100, f16, 1.0, 0.0, False, "fp16: compute in float32 (x.to(tl.float32)), store in Y's dtype"),
+        (3, 70, f16, 3e3, 0.0, True, "fp16, transposed, logits of 3e3"),
+    ]
+    cases += runtime.pick([], [(1024, 3000, f32, 1.0, 0.0, False, "GPU-sized"), (256, 8192, f16, 1.0, 0.0, True,
+                                                                                 "GPU-sized fp16")])
+    device = runtime.device()
+    for rows, cols, dtype, scale, shift, transpose_x, hint in cases:
+        tile = 1 << (cols - 1).bit_length()  # BLOCK_N: a kernel may touch that many columns
+        kw = {"seed": rows * cols, "scale": scale, "shift": shift}
+        if transpose_x:
+            x_buf, x_t = _padded(cols, rows, dtype, device, room=(tile, rows), **kw)
+            x = x_t.t()
+        else:
+            x_buf, x = _padded(rows, cols, dtype, device, room=(rows, tile), **kw)
+        if cols > 16:
+            x[0, 3] = float("-inf")  # a masked entry (as a causal mask makes it)
+        y_buf, _ = _padded(rows, cols, dtype, device, room=(rows + 1, tile + 1), fill=SENTINEL)
+        y_buf[:rows, :cols] = float("nan")
+        label = _case(rows=rows, cols=cols, dtype=str(dtype)[6:], logits=f"{scale:g} * randn + {shift:g}",
+                      X="transposed" if transpose_x else "row-major")
+        got = run_row_softmax(kernel, x_buf, y_buf, rows, cols, transpose_x)
+        assert_tensor(got, f"Y buffer ({label})", shape=y_buf.shape)
+        atol, rtol = _softmax_tol(dtype, cols)
+        assert_close(got[:rows, :cols], torch.softmax(x.double().cpu(), -1), atol=atol, rtol=rtol,
+                     name=f"Y ({label})", hint=hint)
+        _require_untouched(got, rows, cols, f"Y ({label})", "store with mask=cols < n_cols")
+    return f"{len(cases)} cases: ragged rows, -inf entries, logits of +-1e4, transposed X, fp32/fp16"
+
+
+# --- Exercise 2.6: Triton forward kernel ------------------------------------------------------------
 
 
 @check
@@ -237,7 +462,7 @@ def triton_forward(kernel):
     return f"{len(cases) + 1} cases: ragged N, N_q != N_k, d 16-128, batch*heads 1-16, fp32/fp16, causal skip"
 
 
-# --- Exercise 2.5: tiled backward in PyTorch ---------------------------------------------------------
+# --- Exercise 2.7: tiled backward in PyTorch ---------------------------------------------------------
 
 
 class _TiledWithBackward(torch.autograd.Function):
@@ -291,7 +516,7 @@ def tiled_backward(fn):
     return f"{len(cases)} cases against autograd, and gradcheck in float64 (causal and not)"
 
 
-# --- Exercise 2.6: Triton backward kernel -------------------------------------------------------------
+# --- Exercise 2.8: Triton backward kernel -------------------------------------------------------------
 
 
 @check
@@ -333,7 +558,7 @@ def triton_backward(kernel):
     return f"{len(cases)} cases: ragged N, N_q != N_k, d 16-128, batch*heads 1-16, fp32/fp16, causal"
 
 
-# --- Exercise 2.7: the autograd.Function ----------------------------------------------------------
+# --- Exercise 2.9: the autograd.Function ----------------------------------------------------------
 
 
 @observation
