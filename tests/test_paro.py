@@ -144,3 +144,42 @@ def test_ring_time(solution):
     assert not passed(check.ring_time, no_latency["ring_time"])
     whole_message_per_step = define(solution_source("ring_time").replace("nbytes / k / beta", "nbytes / beta"))
     assert not passed(check.ring_time, whole_message_per_step["ring_time"])
+
+
+# --- launch layout, NCCL-safe ring steps, buckets --------------------------------------------------
+
+
+@pytest.mark.parametrize("env, world, want", [({}, 4, 2), ({}, 8, 4), ({}, 1, 1), ({"LOCAL_WORLD_SIZE": "8"}, 16, 8),
+                                              ({"LOCAL_WORLD_SIZE": "4"}, 4, 2),  # one machine: emulate two
+                                              ({"COURSE_RANKS_PER_MACHINE": "1"}, 4, 1)])
+def test_ranks_per_machine_comes_from_the_launch(monkeypatch, env, world, want):
+    for key in ("LOCAL_WORLD_SIZE", "COURSE_RANKS_PER_MACHINE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert check.ranks_per_machine(world) == want
+
+
+@pytest.mark.parametrize("value", ["3", "0", "two"])
+def test_ranks_per_machine_refuses_a_count_that_does_not_divide_the_world(monkeypatch, value):
+    monkeypatch.setenv("COURSE_RANKS_PER_MACHINE", value)
+    with pytest.raises(ValueError, match="COURSE_RANKS_PER_MACHINE"):
+        check.ranks_per_machine(4)
+
+
+def test_ring_exchange_posts_send_and_receive_together():
+    # an isend followed by a blocking recv to the same peer can hang on NCCL in 2-rank rings
+    source = solution_source("ring_exchange")
+    assert "batch_isend_irecv" in source and "tdist.recv(" not in source
+
+
+def test_assign_buckets(solution):
+    assert passed(check.assign_buckets, solution["assign_buckets"])
+    closes_late = define(solution_source("assign_buckets").replace("if filled >= bucket_bytes:",
+                                                                   "if filled > bucket_bytes:"))
+    assert not passed(check.assign_buckets, closes_late["assign_buckets"])  # waits past the cap
+    drops_last = define(solution_source("assign_buckets").replace("    if current:\n        buckets.append(current)\n", ""))
+    assert not passed(check.assign_buckets, drops_last["assign_buckets"])  # loses the last gradients
+    no_validation = define(solution_source("assign_buckets").replace(
+        'raise ValueError(f"bucket_bytes must be a positive int, got {bucket_bytes!r}")', "pass"))
+    assert not passed(check.assign_buckets, no_validation["assign_buckets"])

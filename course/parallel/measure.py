@@ -16,6 +16,7 @@ GPUs moves bytes by NVLink or RDMA, not through these calls: there ``wchar`` see
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import torch
@@ -66,8 +67,19 @@ class Tracked:
     def __init__(self, tracker, device):
         self.tracker, self.device = tracker, torch.device(device)
 
-    def live_bytes(self) -> int:
-        return _total(self.tracker.get_tracker_snapshot("current"), self.device)
+    def live_bytes(self, settle_s: float = 0.0) -> int:
+        """Bytes of the storages made in the region that are alive now. With ``settle_s`` > 0, first
+        wait (at most ``settle_s``) until the count stops falling for 30 ms: a collective's buffers are
+        released by the backend's worker thread a moment after ``wait()`` returns, so a reading taken
+        at once sometimes still includes the last one."""
+        live = _total(self.tracker.get_tracker_snapshot("current"), self.device)
+        deadline, steady = time.monotonic() + settle_s, 0
+        while steady < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+            now = _total(self.tracker.get_tracker_snapshot("current"), self.device)
+            steady = steady + 1 if now == live else 0
+            live = now
+        return live
 
     def peak_bytes(self) -> int:
         return _total(self.tracker.get_tracker_snapshot("peak"), self.device)

@@ -40,13 +40,13 @@ def forward(blocks, x, recompute: bool):
     return x
 
 
-def measure(depth: int = 6, width: int = 64, batch: int = 256, repeats: int = 5) -> list[dict]:
+def measure(depth: int = 6, width: int = 64, batch: int = 256, repeats: int = 5, seed: int = 0) -> list[dict]:
     """Both ways on the same model and input: bytes saved for backward when forward ends, peak bytes
     above the parameters, gradients and input during forward and backward, median time."""
     if min(depth, width, batch, repeats) < 1:
         raise ValueError("depth, width, batch and repeats must be >= 1")
-    blocks = stack(depth, width)
-    x = torch.randn(batch, width, generator=torch.Generator().manual_seed(1))
+    blocks = stack(depth, width, seed)
+    x = torch.randn(batch, width, generator=torch.Generator().manual_seed(1000 + seed))
     rows, grads = [], {}
     for recompute in (False, True):
         blocks.zero_grad(set_to_none=True)
