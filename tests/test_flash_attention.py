@@ -402,6 +402,7 @@ class SolutionCode:
     def __init__(self, header, cells, folder):
         self.header, self.cells, self.folder, self.count = header, cells, folder, 0
         self.module = self.load()
+        self.path = folder / "fa_solution_1.py"  # the unchanged solution (later loads write mutants)
 
     def load(self, replace: dict[str, str] | None = None, stub: str | None = None):
         """Import the cells; ``replace`` mutates the source (each old text must occur); ``stub``
@@ -599,3 +600,64 @@ def test_ramp_launchers_match_torch_on_strided_inputs(solution):
     y = check.launch_row_softmax(solution.module.softmax_kernel, x)
     atol, rtol = check._softmax_tol(torch.float32, 70)
     torch.testing.assert_close(y.double(), torch.softmax(x.double(), -1), atol=atol, rtol=rtol)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not INTERPRETER, reason="on a GPU the check tests compile the learner's kernels for real")
+def test_the_learners_ramp_kernels_compile_for_sm80_and_sm90_on_tensor_cores_without_spilling(solution):
+    # Compile (not run) the solution's matmul and softmax kernels in a fresh process with the interpreter off,
+    # with what a launch tells the compiler (16-byte aligned pointers, sizes and strides divisible by 16,
+    # unit strides as constants): tl.dot must become mma (sm_80) or wgmma (sm_90), in TF32 for fp32 inputs.
+    path = solution.path
+    script = textwrap.dedent(f"""
+        import importlib.util, json, os, subprocess, tempfile
+        import course
+        os.environ["TRITON_INTERPRET"] = "0"
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        spec = importlib.util.spec_from_file_location("ramp", {str(path)!r})
+        ramp = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ramp)
+        cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
+
+        def compile_(fn, sig, consts, arch, warps, stages):
+            names = fn.arg_names
+            full = {{n: "constexpr" if n in consts else sig[n] for n in names}}
+            attrs = {{(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n in sig}}
+            src = ASTSource(fn=fn, signature=full, attrs=attrs, constexprs={{(names.index(n),): v for n, v in consts.items()}})
+            k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={{"num_warps": warps, "num_stages": stages}})
+            with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+                f.write(k.asm["cubin"])
+            usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+            os.unlink(f.name)
+            mma = " ".join(sorted(set(w for w in k.asm["ptx"].split() if w.startswith(("mma.", "wgmma.mma_async")))))
+            return {{"shared": k.metadata.shared, "usage": usage, "mma": mma}}
+
+        out = {{}}
+        for arch in (80, 90):
+            for dt, bk in (("fp16", 64), ("fp32", 32)):
+                sig = {{"A": "*" + dt, "B": "*" + dt, "C": "*" + dt}}
+                sig |= {{n: "i32" for n in ("M", "N", "K", "stride_am", "stride_bk", "stride_cm")}}
+                consts = {{"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": bk, "stride_ak": 1, "stride_bn": 1, "stride_cn": 1}}
+                out[f"matmul {{dt}} sm_{{arch}}"] = compile_(ramp.matmul_kernel, sig, consts, arch, 8, 3)
+            for dt in ("fp16", "fp32"):
+                sig = {{"X": "*" + dt, "Y": "*" + dt, "n_cols": "i32", "stride_xm": "i32", "stride_ym": "i32"}}
+                consts = {{"BLOCK_N": 8192, "stride_xn": 1, "stride_yn": 1}}
+                out[f"softmax {{dt}} sm_{{arch}}"] = compile_(ramp.softmax_kernel, sig, consts, arch, 8, 1)
+        print(json.dumps(out))
+    """)
+    env = {**__import__("os").environ, "TRITON_DEFAULT_FP_FUSION": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print({name: (info["shared"], info["mma"][:80]) for name, info in result.items()})
+    limits = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
+    for name, info in result.items():
+        arch = name.split()[-1]
+        assert info["shared"] <= limits[arch], f"{name}: {info['shared']} bytes of shared memory"
+        assert "STACK:0" in info["usage"], f"{name} spills registers: {info['usage']}"
+        if name.startswith("matmul"):
+            operands = ".f16.f16" if "fp16" in name else ".tf32.tf32"
+            instruction = "wgmma.mma_async" if arch == "sm_90" else "mma.sync"
+            assert instruction in info["mma"] and operands in info["mma"], f"{name}: {info['mma']}"
