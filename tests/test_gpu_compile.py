@@ -38,8 +38,9 @@ BITNET_SIG.update({n: I32 for n in ["M", "N", "K", "stride_xm", "stride_xk", "st
 
 
 def _kept(kind, configs, head_dim=128):
-    """The configs the GPU path keeps after pruning, largest tile first."""
-    kept = [c for c in configs if not fa.spills_on_sm90(kind, c, head_dim)]
+    """The configs the GPU path keeps on both sm_80 and sm_90 (per the compile table), largest tile first."""
+    kept = [c for c in fa.kept_configs(kind, configs, arch=90, head_dim=head_dim)
+            if c in fa.kept_configs(kind, configs, arch=80, head_dim=head_dim)]
     return sorted(kept, key=lambda c: (c.block_m * c.block_n, c.num_warps), reverse=True)
 
 
@@ -79,7 +80,12 @@ def test_kernel_compiles_for_the_gpu(arch, name, kernel, sig, consts, warps, sta
             "measured: bitnet config 16x128x256 (4 warps, 3 stages) needs 292 KiB of shared memory on sm_90, "
             "over 227 KiB (and sm_80's 163 KiB); the autotuner drops it at launch (OutOfResources). "
             "Prune it per arch or lower its stages (the BitNet kernel rewrite is pending).")))
-    report = gpu_compile.compile_report(kernel, sig, consts, arch, num_warps=warps, num_stages=stages)
+    # FlashAttention: compiled specialised as a launch is (16-aligned pointers, strides, lengths), as
+    # the per-arch table is; the unaligned variant is a kernel no launch runs (other spills, no pipelining)
+    aligned = [n for n, t in sig.items() if t.startswith("*") or (t == "i32" and n != "H")] \
+        if name.split("-")[0] in ("fwd", "dkdv", "dq") else ()
+    report = gpu_compile.compile_report(kernel, sig, consts, arch, num_warps=warps, num_stages=stages,
+                                        divisible_by_16=aligned)
     print(f"{name}: {report.summary()}")
     assert report.spills == 0, f"{name} spills on sm_{arch}: {report.summary()}"
     assert report.shared_bytes <= report.shared_limit, f"{name}: {report.summary()}"
@@ -106,3 +112,78 @@ def test_compiling_after_interpreted_launches_ignores_the_interpreters_leftover_
     consts = {"HEAD_DIM": 64, "BLOCK_M": 64, "BLOCK_N": 64, "CAUSAL": True}
     report = gpu_compile.compile_report(fa._fwd_kernel, FWD_SIG, consts, 80, num_warps=4, num_stages=2)
     assert report.has_mma and report.spills == 0
+
+
+# --- FlashAttention: every config compiled per arch (scripts/compile_flash_configs.py), pruned by it ---
+# course/results/kernel_configs_flash.csv holds a compile report per (arch, kernel, config, head dim,
+# dtype, causal). Here: the table covers every config at both head dims on sm_80 and sm_90, the
+# pruner keeps exactly what it says compiles cleanly, and a sample recompiled now matches it.
+
+from course import bench, flash_configs  # noqa: E402, F811  (bench: may be imported above too)
+
+FLASH_ARCHS = (80, 90)
+
+
+def _flash_table():
+    rows, _ = bench.load_csv(flash_configs.CONFIG_TABLE)
+    return rows
+
+
+def _flash_clean(row) -> bool:
+    return (not row["error"] and int(row["spills"]) == 0
+            and 0 <= int(row["shared_bytes"]) <= gpu_compile.SHARED_LIMIT[int(row["arch"])])
+
+
+def test_flash_config_table_covers_every_config_for_sm80_and_sm90_with_this_triton():
+    rows = _flash_table()
+    have = {(int(r["arch"]), r["kernel"], r["config"], int(r["head_dim"])) for r in rows}
+    missing = [(arch, kind, flash_configs.config_name(c), d) for arch in FLASH_ARCHS
+               for kind, configs in flash_configs.GPU_CONFIGS.items() for c in configs for d in (64, 128)
+               if (arch, kind, flash_configs.config_name(c), d) not in have]
+    assert not missing, f"re-run scripts/compile_flash_configs.py: no compile report for {missing[:5]}"
+    stale = {str(r["triton"]) for r in rows} - {gpu_compile.triton_version()}
+    assert not stale, f"compiled with Triton {stale}, running {gpu_compile.triton_version()}: re-run the script"
+
+
+@pytest.mark.parametrize("arch", FLASH_ARCHS)
+def test_flash_pruning_keeps_exactly_the_configs_the_table_says_compile_cleanly(arch):
+    rows = _flash_table()
+    for kind, configs in flash_configs.GPU_CONFIGS.items():
+        for d in (64, 128):
+            mine = [r for r in rows if int(r["arch"]) == arch and r["kernel"] == kind and int(r["head_dim"]) == d]
+            clean = [c for c in configs
+                     if all(_flash_clean(r) for r in mine if r["config"] == flash_configs.config_name(c))]
+            kept = fa.kept_configs(kind, configs, arch=arch, head_dim=d)
+            assert kept == clean and kept, (arch, kind, d)  # and each keeps at least one config
+            prune = fa._pruner(kind, arch=arch)["early_config_prune"]
+            assert [flash_configs._as_block(c) for c in prune(fa._triton_configs(configs), {}, HEAD_DIM=d)] == kept
+    # an arch the table does not cover falls back to the sm_90 rule
+    assert fa.kept_configs("fwd", fa.FWD_GPU_CONFIGS, arch=86, head_dim=128) == [
+        c for c in fa.FWD_GPU_CONFIGS if not fa.spills_on_sm90("fwd", c, 128)]
+
+
+def _flash_sample(rows):
+    """Per arch, one row to recompile: a config the table prunes (if any), else the largest kept one."""
+    sample = []
+    for arch in FLASH_ARCHS:
+        mine = [r for r in rows if int(r["arch"]) == arch and r["dtype"] == "bfloat16" and int(r["head_dim"]) == 128
+                and str(r["causal"]) == "True" and not r["error"]]
+        pruned = [r for r in mine if not _flash_clean(r)]
+        sample.append(min(pruned, key=lambda r: int(r["compile_s"])) if pruned else
+                      max(mine, key=lambda r: int(r["shared_bytes"])))
+    return sample
+
+
+def test_flash_config_table_matches_a_sample_compiled_now():
+    # a few seconds to a minute per compile on 2 shared cores: two rows, not the whole table
+    for row in _flash_sample(_flash_table()):
+        bm, bn, warps, stages = (int(x) for x in
+                                 row["config"].replace("x", " ").replace("-w", " ").replace("-s", " ").split())
+        report = flash_configs.compile_config(row["kernel"], flash_configs.BlockConfig(bm, bn, warps, stages),
+                                              head_dim=int(row["head_dim"]), dtype=row["dtype"],
+                                              causal=str(row["causal"]) == "True", arch=int(row["arch"]))
+        print(row["arch"], row["kernel"], row["config"], report.summary())
+        now = (report.registers, report.spills, report.shared_bytes, report.tensor_core_instruction)
+        then = (int(row["registers"]), int(row["spills"]), int(row["shared_bytes"]), row["tensor_core"] or "")
+        assert now == then, f"{row['kernel']} {row['config']} sm_{row['arch']}: {now} now, {then} in the table: " \
+                            "re-run scripts/compile_flash_configs.py"
