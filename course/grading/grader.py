@@ -191,13 +191,51 @@ def _result(exercise: ex.Exercise, passed: bool, message: str, judged: bool = Tr
                           message, judged)
 
 
-# --- the meta-test: stub fails, solution passes -------------------------------------------------
+# --- the meta-test: stub fails, solution passes, every mutant fails ----------------------------
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """A plausible wrong solution to one exercise: its check must fail on it.
+
+    Written as ``edits``, pairs (text of the solution cells, its wrong replacement), each old text found
+    exactly once, so a mutant stays a small readable edit of the solution and stops applying, loudly,
+    when the solution changes under it. ``cells`` instead gives the wrong cells' whole sources, one per
+    solution cell, for a rewrite too different to read as edits.
+    """
+
+    name: str
+    why: str
+    edits: tuple[tuple[str, str], ...] = ()
+    cells: tuple[str, ...] | None = None
+
+    def sources(self, solutions: list[str]) -> list[str]:
+        """The exercise's solution cells with this mutant applied; ValueError when it does not apply."""
+        if (self.cells is None) == (not self.edits):
+            raise ValueError(f"mutant {self.name!r} needs either edits or cells, not both or neither")
+        if self.cells is not None:
+            if len(self.cells) != len(solutions):
+                raise ValueError(f"mutant {self.name!r} gives {len(self.cells)} cells; the exercise has "
+                                 f"{len(solutions)} solution cells")
+            return list(self.cells)
+        out = list(solutions)
+        for old, wrong in self.edits:
+            where = [i for i, text in enumerate(out) if old in text]
+            count = sum(text.count(old) for text in out)
+            if count != 1:
+                raise ValueError(f"mutant {self.name!r}: expected the text {old[:80]!r} once in the solution "
+                                 f"cells, found it {count} times (did the solution change?)")
+            out[where[0]] = out[where[0]].replace(old, wrong)
+        if out == list(solutions):
+            raise ValueError(f"mutant {self.name!r} changes nothing")
+        return out
 
 
 @dataclass
 class Verification:
     notebook: str
-    exercises: dict[str, dict] = field(default_factory=dict)  # id -> {"solution": {...}, "stub": {...}}
+    #: id -> {"solution": {...}, "stub": {...}, "mutants": {name: {...}}}, each {passed, message, seconds}
+    exercises: dict[str, dict] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -210,17 +248,30 @@ class Verification:
                 continue
             if not outcome["solution"]["passed"]:
                 found.append(f"{e.label}: check fails on the solution: {outcome['solution']['message']}")
-            if outcome["stub"]["passed"]:
+            if outcome["stub"].get("error"):
+                found.append(f"{e.label}: the student stub cannot be run: {outcome['stub']['error']}")
+            elif outcome["stub"]["passed"]:
                 found.append(f"{e.label}: check PASSES on the student stub (a check that cannot fail)")
+            for name, wrong in outcome.get("mutants", {}).items():
+                if wrong.get("error"):
+                    found.append(f"{e.label}: mutant {name} tests nothing: {wrong['error']}")
+                elif wrong["passed"]:
+                    found.append(f"{e.label}: check PASSES on mutant {name}")
         return found
+
+    def mutant_seconds(self) -> float:
+        """Time the mutants' checks took: what the mutants add to the meta-test."""
+        return sum(m["seconds"] for o in self.exercises.values() for m in o.get("mutants", {}).values())
 
 
 def verify_solution(solution: str | Path, *, cell_timeout: float = 300, total_timeout: float = 900,
-                    check_timeout: float = 120) -> Verification:
-    """Execute a solution once; after each exercise's check cell, swap in the stub and re-check.
+                    check_timeout: float = 120, mutants: dict[str, list[Mutant]] | None = None) -> Verification:
+    """Execute a solution once; after each exercise's check cell, swap in the stub and re-check, then
+    each of the exercise's ``mutants`` (exercise id -> plausible wrong solutions) and re-check.
 
     One execution serves all exercises: after probing, the solution code is executed again so
-    later cells see the real implementation.
+    later cells see the real implementation. A mutant for an exercise the notebook lacks, or one
+    that no longer applies to the solution, is reported in ``events``.
     """
     path = Path(solution)
     nb = ex.read(path)
@@ -228,6 +279,18 @@ def verify_solution(solution: str | Path, *, cell_timeout: float = 300, total_ti
     code_index = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     by_check_cell = {code_index.index(e.check_cell): e for e in manifest.exercises}
     result = Verification(path.stem)
+    mutants = dict(mutants or {})
+    for unknown in sorted(set(mutants) - {e.id for e in manifest.exercises}):
+        result.events.append(f"mutants declared for exercise {unknown}, which {path.stem} does not have")
+
+    def wrong_versions(exercise: ex.Exercise, solutions: list[str]) -> list[list]:
+        versions = []
+        for mutant in mutants.get(exercise.id, []):
+            try:
+                versions.append([mutant.name, mutant.sources(solutions)])
+            except ValueError as error:
+                result.events.append(f"{exercise.label}: {error}")
+        return versions
 
     with tempfile.TemporaryDirectory(prefix="course-verify-") as workdir:
 
@@ -237,10 +300,11 @@ def verify_solution(solution: str | Path, *, cell_timeout: float = 300, total_ti
                 return
             solutions = [ex.source(nb.cells[j]) for j in exercise.solution_cells]
             stubs = [ex.stub_source(s, exercise.label) for s in solutions]
+            wrong = wrong_versions(exercise, solutions)
             out = str(Path(workdir) / f"verify-{exercise.id}.json")
             code = _probe_code("verify_exercise", manifest.check_module, exercise.to_dict(), stubs, solutions, out,
-                               check_timeout)
-            probe_outcome = session.run(code, 2 * check_timeout + 60)
+                               check_timeout, wrong)
+            probe_outcome = session.run(code, (2 + len(wrong)) * check_timeout + 60)
             try:
                 result.exercises[exercise.id] = json.loads(Path(out).read_text())
             except (OSError, ValueError):

@@ -127,17 +127,33 @@ def grade_checks(check_module: str, exercises: list[dict], out_path: str, timeou
 
 
 def verify_exercise(check_module: str, exercise: dict, stub_sources: list[str], solution_sources: list[str],
-                    out_path: str, timeout: float) -> None:
-    """Meta-test mode: the check must pass on the solution and fail on the stub; then restore."""
+                    out_path: str, timeout: float, mutants: list[list] = ()) -> None:
+    """Meta-test mode: the check must pass on the solution and fail on the stub and on every mutant
+    (``[name, sources]``: a plausible wrong solution); then the solution is restored for later cells.
+
+    Each wrong version costs one run of its cells and one run of the check, nothing more.
+    """
     module = importlib.import_module(check_module)
     namespace = _user_namespace()
-    with_solution = run_check(exercise["check_source"], namespace, module, timeout)
-    sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        for text in stub_sources:
-            _exec_cell(text, "stub", namespace)
-    with_stub = run_check(exercise["check_source"], namespace, module, timeout)
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+    results = {"solution": run_check(exercise["check_source"], namespace, module, timeout)}
+    results["stub"] = _check_with(stub_sources, "stub", exercise, namespace, module, timeout)
+    results["mutants"] = {name: _check_with(sources, f"mutant {name}", exercise, namespace, module, timeout)
+                          for name, sources in mutants}
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         for text in solution_sources:
             _exec_cell(text, "solution", namespace)
-    _write(out_path, {"solution": with_solution, "stub": with_stub})
+    _write(out_path, results)
+
+
+def _check_with(sources: list[str], kind: str, exercise: dict, namespace: dict, check_module, timeout: float) -> dict:
+    """Run ``sources`` in place of the solution cells, then the check. A version whose own cells raise
+    is recorded with ``error``: the check would then see the names an earlier version left behind, so
+    its verdict says nothing about this version."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            for text in sources:
+                _exec_cell(text, kind, namespace)
+    except BaseException as error:  # noqa: BLE001 - report it, keep probing the other versions
+        failed = _fail(f"its cells raised {type(error).__name__}: {error}", time.perf_counter())
+        return {**failed, "error": failed["message"]}
+    return run_check(exercise["check_source"], namespace, check_module, timeout)
