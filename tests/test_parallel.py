@@ -102,7 +102,6 @@ def test_bucketed_ddp_refuses_buckets_that_lose_a_parameter():
         return [[i] for i in range(len(sizes) - 1)]
 
     def run():
-        import torch.distributed as tdist  # noqa: F401
         return overlap.BucketedDDP(overlap.deep_mlp(2, 8), 64, assign=lossy)
 
     with pytest.raises(dist.RankFailed, match="exactly one bucket"):
