@@ -4,6 +4,7 @@ has one row per rung with its compile report and a measured column that says whe
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +14,6 @@ from course import bench
 from course import flash_attention as fa
 from course import flash_ladder as ladder
 from course.grading import exercises
-
-from pathlib import Path
 
 SOLUTION = Path(__file__).resolve().parents[1] / "solutions" / "02_flash_attention.ipynb"
 
