@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from . import runtime
+from .lora import configs_measured_fit, launch_is_aligned, m_bucket  # shared with the LoRA kernel: one rule for both
 
 PER_WORD = 16  # 2-bit codes per int32
 PER_BYTE = 5  # trits per byte in base-3 packing: 3**5 = 243 <= 256
@@ -203,39 +204,70 @@ def ternary_matmul_reference(x_codes: torch.Tensor, x_step: torch.Tensor, w_pack
 
 
 @triton.jit
-def _ternary_matmul_kernel(x_ptr, xs_ptr, wp_ptr, y_ptr, w_scale, M, N, K,
+def _ternary_matmul_kernel(x_ptr, xs_ptr, wp_ptr, y_ptr, w_scale, M, N, K, M_BUCKET,
                            stride_xm, stride_xk, stride_wn, stride_ww, stride_ym, stride_yn,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           EVEN_K: tl.constexpr):
+    # M_BUCKET (next power of two of M) is not used here: it is the autotuner's key, so that every
+    # token count in one bucket reuses one tuned config instead of re-tuning.
     pid_n = tl.program_id(0)  # output columns first: decode has one row block and many column blocks
     pid_m = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
+    offs_j = tl.arange(0, BLOCK_K // 16)  # the packed words of one K-tile
+    shifts = tl.arange(0, 16) * 2  # field i of a word sits in bits 2i, 2i + 1
     row_ok = offs_m < M
     col_ok = offs_n < N
+    words_per_row = tl.cdiv(K, 16)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + offs_k
-        k_ok = ks < K
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + ks[None, :] * stride_xk,
-                    mask=row_ok[:, None] & k_ok[None, :], other=0)
-        # Each weight's word, loaded once per weight (the 16 loads of one word hit the cache), then
-        # its 2-bit field shifted down: code - 1 is the weight. Unpacked here, in registers only.
-        words = tl.load(wp_ptr + offs_n[None, :] * stride_wn + (ks // 16)[:, None] * stride_ww,
-                        mask=col_ok[None, :] & k_ok[:, None], other=0)
-        w = (((words >> ((ks % 16) * 2)[:, None]) & 3) - 1).to(tl.int8)
-        acc = tl.dot(x, w, acc)  # int8 x int8 -> int32: exact
+        js = k0 // 16 + offs_j
+        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + ks[None, :] * stride_xk
+        # Words as a (BLOCK_K / 16, BLOCK_N) tile: each word loaded once, 2 bits per weight; a row's words
+        # are contiguous, so consecutive threads read consecutive words (16-byte vector loads when aligned).
+        w_ptrs = wp_ptr + offs_n[None, :] * stride_wn + js[:, None] * stride_ww
+        if EVEN_K:  # K a multiple of BLOCK_K: no mask along K, which keeps the loads vectorized
+            x = tl.load(x_ptrs, mask=row_ok[:, None], other=0)
+            words = tl.load(w_ptrs, mask=col_ok[None, :], other=0)
+        else:
+            x = tl.load(x_ptrs, mask=row_ok[:, None] & (ks < K)[None, :], other=0)
+            words = tl.load(w_ptrs, mask=col_ok[None, :] & (js < words_per_row)[:, None], other=0)
+        # Unpack in registers: (J, N) words against 16 shifts -> (J, 16, N) fields; the row-major reshape
+        # puts field i of word j at k = 16 j + i, the weight's own index. Code - 1 is the weight.
+        fields = (words[:, None, :] >> shifts[None, :, None]) & 3
+        w = (tl.reshape(fields, (BLOCK_K, BLOCK_N)) - 1).to(tl.int8)
+        acc = tl.dot(x, w, acc)  # int8 x int8 -> int32: exact; masked-off k have x = 0
     xs = tl.load(xs_ptr + offs_m, mask=row_ok, other=0.0)
     y = acc.to(tl.float32) * xs[:, None] * w_scale  # w_scale arrives as a float32 scalar argument
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn, y,
              mask=row_ok[:, None] & col_ok[None, :])
 
 
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages). BLOCK_K is a power of two >= 32 (a compiled int8 tl.dot
+# needs K >= 32 per step); BLOCK_M 16 for decode (M of 1 to 16 rows), larger tiles for prefill.
+# Which of them fit (no spills, shared memory in limit) differs by arch: course/results/
+# kernel_configs_lora_bitnet.csv (scripts/compile_lora_bitnet_configs.py), read by _prune.
+GPU_SHAPES = [(16, 32, 256, 4, 4), (16, 64, 256, 4, 4), (16, 128, 256, 4, 3), (16, 64, 512, 4, 3),
+              (16, 128, 128, 4, 4), (16, 256, 128, 8, 3), (16, 32, 512, 4, 3), (32, 64, 256, 4, 4),
+              (64, 128, 64, 4, 3), (128, 64, 64, 8, 3), (128, 128, 64, 8, 3)]
+
+
 def _gpu_configs() -> list:
-    shapes = [(16, 32, 256, 4, 4), (16, 64, 256, 4, 4), (16, 128, 256, 4, 3), (16, 64, 512, 4, 3),
-              (16, 128, 128, 4, 4), (16, 256, 128, 8, 3), (16, 32, 512, 4, 3), (32, 64, 256, 4, 4)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-            for bm, bn, bk, w, s in shapes]
+            for bm, bn, bk, w, s in GPU_SHAPES]
+
+
+def bitnet_variant(even_k: bool, aligned: bool) -> str:
+    """The specialization a measurement stands for: K a multiple of BLOCK_K or not; operands aligned or not."""
+    return f"even_k={bool(even_k)},{'aligned' if aligned else 'unaligned'}"
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keep the configs measured to compile without spills and within shared memory on this GPU."""
+    k, aligned = named_args["K"], launch_is_aligned("bitnet", named_args)
+    return configs_measured_fit("bitnet", configs, lambda c: bitnet_variant(k % c.kwargs["BLOCK_K"] == 0, aligned))
 
 
 _autotuned = None
@@ -246,26 +278,36 @@ def ternary_matmul(x_codes: torch.Tensor, x_step: torch.Tensor, w_packed: torch.
                    k: int) -> torch.Tensor:
     """``y = (x_codes @ W^T) * x_step * w_scale`` (float32, ``(M, N)``) from packed ternary ``W``.
 
-    One Triton launch: int8 activations, 2-bit weights unpacked in registers, int32 accumulation,
-    one float multiply per output to scale back. Bit-exact against
-    :func:`ternary_matmul_reference`.
+    One Triton launch: int8 activations, each packed int32 word loaded once and unpacked into 16
+    weights in registers, int32 accumulation, one float multiply per output to scale back.
+    Bit-exact against :func:`ternary_matmul_reference`.
     """
     m, n = check_ternary_matmul_args(x_codes, x_step, w_packed, w_scale, k)
     runtime.require_kernel_device("the ternary matmul kernel", x_codes=x_codes, x_step=x_step, w_packed=w_packed)
     ws = float(w_scale)  # a kernel argument, not a device tensor: no host-to-device copy per call
     xs = x_step.reshape(m).contiguous()
     y = torch.empty((m, n), dtype=torch.float32, device=x_codes.device)
-    args = (x_codes, xs, w_packed, y, ws, m, n, k, x_codes.stride(0), x_codes.stride(1),
+    args = (x_codes, xs, w_packed, y, ws, m, n, k, m_bucket(m), x_codes.stride(0), x_codes.stride(1),
             w_packed.stride(0), w_packed.stride(1), y.stride(0), y.stride(1))
     if runtime.triton_mode() == "compiled":  # operands are on the GPU (checked above)
-        global _autotuned
-        if _autotuned is None:
-            _autotuned = triton.autotune(_gpu_configs(), key=["M", "N", "K"])(_ternary_matmul_kernel)
-        _autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"]))](*args)
+        _tuned()[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"]))](*args)
     else:
         grid = (triton.cdiv(n, CPU_BLOCKS["BLOCK_N"]), triton.cdiv(m, CPU_BLOCKS["BLOCK_M"]))
-        _ternary_matmul_kernel[grid](*args, **CPU_BLOCKS)
+        _ternary_matmul_kernel[grid](*args, **CPU_BLOCKS, EVEN_K=k % CPU_BLOCKS["BLOCK_K"] == 0)
     return y
+
+
+TUNE_KEY = ["M_BUCKET", "N", "K"]
+
+
+def _tuned():
+    """The autotuned kernel (built on first use): keyed on M's bucket, EVEN_K set per config."""
+    global _autotuned
+    if _autotuned is None:
+        even_k = triton.heuristics({"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})(_ternary_matmul_kernel)
+        _autotuned = triton.autotune(_gpu_configs(), key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune})(
+            even_k)
+    return _autotuned
 
 
 # --- bytes and the benchmark -------------------------------------------------------------------

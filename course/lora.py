@@ -21,6 +21,7 @@ over the adapters present in its block, masking the rows that belong to others.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Callable, Sequence
@@ -173,13 +174,14 @@ def lora_multi_reference(x: torch.Tensor, weight: torch.Tensor, lora_As: torch.T
 
 @triton.jit
 def _lora_fused_kernel(x_ptr, w_ptr, a_ptr, b_ptr, ids_ptr, scale_ptr, y_ptr,
-                       M, N, K, R, scale,
+                       M, N, K, R, scale, M_BUCKET,
                        stride_xm, stride_xk, stride_wn, stride_wk,
                        stride_aa, stride_ar, stride_ak, stride_ba, stride_bn, stride_br,
                        stride_ym, stride_yn,
                        MULTI: tl.constexpr, PER_ADAPTER_SCALE: tl.constexpr, IEEE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, GROUP_M: tl.constexpr):
+    # M_BUCKET (next power of two of M) is unused here: it is the autotuner's key (see _tuned).
     # Grouped launch order: GROUP_M row blocks share each column block while it sits in L2.
     pid = tl.program_id(0)
     blocks_m = tl.cdiv(M, BLOCK_M)
@@ -261,6 +263,113 @@ def _gpu_configs() -> list:
 
 _autotuned = None
 CPU_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}  # small tiles: the interpreter is slow
+TUNE_KEY = ["M_BUCKET", "N", "K", "R", "MULTI"]
+MEASURED_RANKS = (16,)  # BLOCK_R values scripts/compile_lora_bitnet_configs.py compiles (r <= 16)
+
+
+def m_bucket(m: int) -> int:
+    """The autotuner's key for ``m`` rows: the next power of two (1, 2, 4, ..., 4096, 8192, ...).
+
+    Token counts in one bucket share one tuned config, so a new batch or prompt length does not re-tune.
+    """
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"m (rows) must be a positive int, got {m!r}")
+    return triton.next_power_of_2(m)
+
+
+# --- per-arch pruning from measured compiles (shared with course.bitnet) -----------------------
+
+KERNEL_CONFIGS_CSV = Path(__file__).resolve().parent / "results" / "kernel_configs_lora_bitnet.csv"
+
+
+def config_name(config) -> str:
+    """``'BMxBNxBK-wWARPSsSTAGES'``, the config's name in the compile measurements."""
+    kw = config.kwargs
+    return f"{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}-w{config.num_warps}s{config.num_stages}"
+
+
+@functools.lru_cache(maxsize=1)
+def measured_fits() -> dict:
+    """``{(kernel, arch, variant, config name): fits}`` from scripts/compile_lora_bitnet_configs.py.
+
+    A config fits an arch when ptxas reported no spill and its shared memory is within the arch's
+    per-block limit. Empty when the CSV is missing.
+    """
+    from . import bench
+
+    if not KERNEL_CONFIGS_CSV.exists():
+        return {}
+    rows, _ = bench.load_csv(KERNEL_CONFIGS_CSV)
+    return {(r["kernel"], int(r["arch"]), str(r["variant"]), r["config"]): bool(r["fits"] in (True, "True"))
+            for r in rows}
+
+
+def device_arch() -> int | None:
+    """Compute capability of the current CUDA device as ``10 * major + minor`` (90 on an H100), or None."""
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return 10 * major + minor
+
+
+def configs_measured_fit(kernel: str, configs: list, variant_of, arch: int | None = None) -> list:
+    """The configs that compiled for ``arch`` (default: this GPU's) with no spill and shared memory in limit.
+
+    ``variant_of(config)`` names the specialization measured (dtype, rank, masks). A config with no
+    measurement for this arch and variant (an arch the script did not compile for, such as sm_75 or
+    sm_89, or a new config) is kept: without a measurement the autotuner is the judge, and it drops
+    configs that fail to launch. If every measured config failed, all are kept rather than none.
+    """
+    arch = device_arch() if arch is None else arch
+    fits = measured_fits()
+    kept = [c for c in configs if fits.get((kernel, arch, variant_of(c), config_name(c)), True)]
+    return kept or list(configs)
+
+
+# Arguments a measured launch has as multiples of 16 (pointers: 16-byte aligned), as Triton specialises
+# them; scripts/compile_lora_bitnet_configs.py compiles with exactly these facts.
+ALIGNED_ARGS = {
+    "lora": ("x_ptr", "w_ptr", "a_ptr", "b_ptr", "ids_ptr", "scale_ptr", "y_ptr", "N", "K", "stride_xm", "stride_wn",
+             "stride_aa", "stride_ar", "stride_ym"),
+    "bitnet": ("x_ptr", "xs_ptr", "wp_ptr", "y_ptr", "N", "K", "stride_xm", "stride_ym"),
+}
+
+
+def launch_is_aligned(kernel: str, named_args: dict) -> bool:
+    """True when every argument in ``ALIGNED_ARGS[kernel]`` is a multiple of 16 (a tensor: its address)."""
+    def divisible(value) -> bool:
+        return (value.data_ptr() if isinstance(value, torch.Tensor) else int(value)) % 16 == 0
+
+    return all(divisible(named_args[name]) for name in ALIGNED_ARGS[kernel])
+
+
+def lora_variant(dtype: torch.dtype, multi: bool, block_r: int, aligned: bool) -> str:
+    """The measured specialization that stands for a launch: smallest measured BLOCK_R >= block_r.
+
+    Registers grow with the rank tile, so a launch is judged by a measurement at its rank tile or a
+    larger one; above the largest measured rank tile there is none (``'r>16'``: every config kept),
+    nor for launches whose operands are not aligned (``'unaligned'``).
+    """
+    name = str(dtype).removeprefix("torch.")
+    measured = [r for r in MEASURED_RANKS if r >= block_r]
+    rank = f"r={measured[0]}" if measured else f"r>{MEASURED_RANKS[-1]}"
+    return f"{name},multi={bool(multi)},{rank},{'aligned' if aligned else 'unaligned'}"
+
+
+def _prune(configs, named_args, **kwargs):
+    """Per-arch pruning: keep what was measured to compile without spills on this GPU (see above)."""
+    variant = lora_variant(named_args["x_ptr"].dtype, kwargs["MULTI"], kwargs["BLOCK_R"],
+                           launch_is_aligned("lora", named_args))
+    return configs_measured_fit("lora", configs, lambda c: variant)
+
+
+def _tuned():
+    """The autotuned kernel, built on first use: keyed on M's bucket, pruned per arch."""
+    global _autotuned
+    if _autotuned is None:
+        _autotuned = triton.autotune(_gpu_configs(), key=TUNE_KEY,
+                                     prune_configs_by={"early_config_prune": _prune})(_lora_fused_kernel)
+    return _autotuned
 
 
 def _launch(x2, weight, As, Bs, ids, scale, multi: bool) -> torch.Tensor:
@@ -273,21 +382,17 @@ def _launch(x2, weight, As, Bs, ids, scale, multi: bool) -> torch.Tensor:
     y = torch.empty((m, n), dtype=x2.dtype, device=x2.device)
     per_adapter = isinstance(scale, list)
     scale_arg = torch.tensor(scale, dtype=torch.float32, device=x2.device) if per_adapter else x2  # x2: unused
-    args = (x2, weight, As, Bs, ids, scale_arg, y, m, n, k, r, 1.0 if per_adapter else float(scale),
+    args = (x2, weight, As, Bs, ids, scale_arg, y, m, n, k, r, 1.0 if per_adapter else float(scale), m_bucket(m),
             x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1),
             As.stride(0), As.stride(1), As.stride(2), Bs.stride(0), Bs.stride(1), Bs.stride(2),
             y.stride(0), y.stride(1))
     meta = {"MULTI": multi, "PER_ADAPTER_SCALE": per_adapter, "IEEE": x2.dtype == torch.float32,
             "BLOCK_R": max(16, triton.next_power_of_2(r))}
     if runtime.triton_mode() == "compiled":  # operands are on the GPU (checked above)
-        global _autotuned
-        if _autotuned is None:
-            _autotuned = triton.autotune(_gpu_configs(), key=["M", "N", "K", "R", "MULTI"])(_lora_fused_kernel)
-
         def grid(cfg):
             return (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
 
-        _autotuned[grid](*args, **meta)
+        _tuned()[grid](*args, **meta)
     else:
         grid = (triton.cdiv(m, CPU_BLOCKS["BLOCK_M"]) * triton.cdiv(n, CPU_BLOCKS["BLOCK_N"]),)
         _lora_fused_kernel[grid](*args, **meta, **CPU_BLOCKS)

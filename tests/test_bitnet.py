@@ -17,6 +17,8 @@ from course import bitnet
 from course.checks import bitnet as checks
 from course.checks import core
 
+import triton  # noqa: E402  (after course: the interpreter switch)
+
 
 def passed(check, *args) -> bool:
     check(*args)
@@ -314,3 +316,47 @@ def test_seed_results_carry_their_seeds_and_setting():
             final.setdefault(row["model"], []).append(row["seed"])
     assert set(final) == {"fp32", "BitNet (binary)", "BitNet b1.58 (ternary)", "bigram (counted)"}
     assert all(sorted(s) == seeds for s in final.values())
+
+
+# --- the compiled path's autotuning (simulated on the CPU) -------------------------------------
+
+
+def test_token_counts_in_one_bucket_share_one_autotune_key(monkeypatch):
+    from test_lora import _autotune_key
+
+    seen = []
+
+    class Spy:  # stands for the autotuned kernel: records what a compiled launch would pass it
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.append((args, kwargs))
+
+    monkeypatch.setattr(bitnet.runtime, "triton_mode", lambda: "compiled")
+    monkeypatch.setattr(bitnet.runtime, "require_kernel_device", lambda *a, **k: None)
+    monkeypatch.setattr(bitnet, "_tuned", lambda: Spy())
+    tuner = triton.autotune(bitnet._gpu_configs(), key=bitnet.TUNE_KEY)(bitnet._ternary_matmul_kernel)
+    keys = {}
+    for m in (9, 16, 17):
+        p = bitnet.make_problem(m, 64, 64, device="cpu")
+        bitnet.ternary_matmul(p["x_codes"], p["x_step"], p["w_packed"], p["w_scale"], 64)
+        keys[m] = _autotune_key(tuner, *seen[-1])
+    assert "M" not in tuner.keys and keys[9] == keys[16] != keys[17]
+
+
+def test_gpu_configs_compile_as_int8_dots():
+    # a compiled int8 tl.dot needs K >= 32 per step, and tl.arange needs powers of two (BLOCK_K // 16 too)
+    for c in bitnet._gpu_configs():
+        bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+        assert bk >= 32 and bm >= 16 and bn >= 16, c
+        assert all(v & (v - 1) == 0 for v in (bm, bn, bk)), c
+
+
+def test_pruning_judges_each_config_by_its_own_k_mask(monkeypatch):
+    seen = []
+    monkeypatch.setattr(bitnet, "configs_measured_fit",
+                        lambda kernel, configs, variant_of: seen.extend(variant_of(c) for c in configs) or configs)
+    configs = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": bk}) for bk in (128, 256)]
+    p = bitnet.make_problem(1, 32, 384, device="cpu")
+    named = {"x_ptr": p["x_codes"], "xs_ptr": p["x_step"], "wp_ptr": p["w_packed"], "y_ptr": p["x_step"], "N": 32,
+             "K": 384, "stride_xm": 384, "stride_ym": 32}
+    bitnet._prune(configs, named)
+    assert seen == ["even_k=True,aligned", "even_k=False,aligned"]  # 384 = 3 x 128, not a multiple of 256

@@ -19,6 +19,8 @@ from course import lora
 from course.checks import core
 from course.checks import lora as checks
 
+import triton  # noqa: E402  (after course: the interpreter switch)
+
 # float32 kernels vs float64 references: fp32 accumulation over <= 100 terms of O(1) products.
 FP32_TOL = 1e-4
 # float16 inputs: one fp16 rounding of the output and of the rank-r activations (~5e-4 relative each)
@@ -385,3 +387,75 @@ def test_notebook_defs_loads_definitions_without_running_cells():
     namespace = defs.load("solutions/03_lora.ipynb", tokenizer=None, K=8)  # K: a default argument
     assert {"LoRALinear", "inject_lora", "finetune", "evaluate", "subspace_similarity"} <= set(namespace)
     assert "runs" not in namespace and "pretrained" not in namespace  # no training or loading ran
+
+
+# --- autotuning: one tuned config per power-of-two bucket of M ---------------------------------
+
+
+def _autotune_key(tuner, args, kwargs):
+    """The cache key Triton's Autotuner.run computes for a launch (its code, Triton 3.9): the values of
+    the ``key`` arguments, then the dtype of every tensor argument."""
+    named = {**dict(zip(tuner.arg_names, args)), **kwargs}
+    named = {k: v for k, v in named.items() if k in tuner.arg_names}
+    return tuple([named[k] for k in tuner.keys if k in named] + [str(v.dtype) for v in named.values()
+                                                                   if hasattr(v, "dtype")])
+
+
+def _compiled_launch_args(monkeypatch, launch):
+    """Run ``launch`` as in compiled mode, catching the args the autotuned kernel is called with."""
+    seen = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.append((args, kwargs))
+
+    monkeypatch.setattr(lora.runtime, "triton_mode", lambda: "compiled")
+    monkeypatch.setattr(lora.runtime, "require_kernel_device", lambda *a, **k: None)
+    monkeypatch.setattr(lora, "_tuned", lambda: Spy())
+    launch()
+    return seen[-1]
+
+
+def test_m_bucket_is_the_next_power_of_two_and_validates():
+    assert [lora.m_bucket(m) for m in (1, 2, 3, 33, 64, 65, 8192)] == [1, 2, 4, 64, 64, 128, 8192]
+    for bad in (0, -3, True, 2.0):
+        with pytest.raises(ValueError, match="positive int"):
+            lora.m_bucket(bad)
+
+
+def test_token_counts_in_one_bucket_share_one_autotune_key(monkeypatch):
+    tuner = triton.autotune(lora._gpu_configs(), key=lora.TUNE_KEY)(lora._lora_fused_kernel)  # as _tuned builds it
+    keys = {}
+    for m in (33, 60, 64, 65):
+        x, w, a, b = operands(m, 32, 16, 4)
+        args, kwargs = _compiled_launch_args(monkeypatch, lambda: lora.lora_linear(x, w, a, b, 1.0))
+        keys[m] = _autotune_key(tuner, args, kwargs)
+    assert "M" not in tuner.keys and keys[33] == keys[60] == keys[64] != keys[65]
+
+
+def test_per_arch_pruning_keeps_what_was_measured_to_fit(monkeypatch):
+    configs = lora._gpu_configs()
+    names = [lora.config_name(c) for c in configs]
+    fits = {("lora", 90, "v", names[0]): False, ("lora", 90, "v", names[1]): True}
+    monkeypatch.setattr(lora, "measured_fits", lambda: fits)
+    kept = lora.configs_measured_fit("lora", configs, lambda c: "v", arch=90)
+    assert configs[0] not in kept and configs[1] in kept and len(kept) == len(configs) - 1  # unmeasured: kept
+    assert lora.configs_measured_fit("lora", configs, lambda c: "v", arch=75) == configs  # unknown arch: all
+    everything_fails = {("lora", 90, "v", n): False for n in names}
+    monkeypatch.setattr(lora, "measured_fits", lambda: everything_fails)
+    assert lora.configs_measured_fit("lora", configs, lambda c: "v", arch=90) == configs  # never none
+
+
+def test_lora_variant_judges_a_rank_by_the_next_measured_rank_tile():
+    assert lora.lora_variant(torch.float16, True, 16, True) == "float16,multi=True,r=16,aligned"
+    assert lora.lora_variant(torch.bfloat16, False, 32, False) == (
+        f"bfloat16,multi=False,r>{lora.MEASURED_RANKS[-1]},unaligned")
+
+
+def test_a_launch_is_aligned_when_its_pointers_and_sizes_are_multiples_of_16():
+    x = torch.zeros(64, 32)
+    named = {name: x for name in lora.ALIGNED_ARGS["lora"] if name.endswith("_ptr")}
+    named.update({name: 32 for name in lora.ALIGNED_ARGS["lora"] if not name.endswith("_ptr")})
+    assert lora.launch_is_aligned("lora", named)
+    assert not lora.launch_is_aligned("lora", {**named, "K": 40})  # 40 is not a multiple of 16
+    assert not lora.launch_is_aligned("lora", {**named, "x_ptr": x.view(-1)[1:]})  # 4 bytes past an aligned address
