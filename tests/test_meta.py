@@ -85,3 +85,18 @@ def test_meta_test_reports_a_mutant_the_check_cannot_catch(toy_course, tmp_path)
     assert not result.exercises["90.1"]["mutants"]["subtracts"]["passed"]
     assert "add(0, 1) should be 1" in result.exercises["90.1"]["mutants"]["subtracts"]["message"]
     assert not result.exercises["90.2"]["mutants"]["sum-not-mean"]["passed"]
+
+
+def test_a_mutant_is_an_edit_found_once_or_whole_cells_one_per_solution_cell():
+    solutions = ["def f(x):\n    return x + 1", "def g(x):\n    return 2 * x"]
+    twice_wrong = grader.Mutant("both", "why", edits=(("x + 1", "x - 1"), ("2 * x", "3 * x")))
+    assert twice_wrong.sources(solutions) == ["def f(x):\n    return x - 1", "def g(x):\n    return 3 * x"]
+    assert grader.Mutant("whole", "why", cells=("a = 1", "b = 2")).sources(solutions) == ["a = 1", "b = 2"]
+    with pytest.raises(ValueError, match="found it 2 times"):
+        grader.Mutant("ambiguous", "why", edits=(("return", "yield"),)).sources(solutions)
+    with pytest.raises(ValueError, match="gives 1 cells; the exercise has 2"):
+        grader.Mutant("short", "why", cells=("a = 1",)).sources(solutions)
+    with pytest.raises(ValueError, match="either edits or cells"):
+        grader.Mutant("neither", "why").sources(solutions)
+    with pytest.raises(ValueError, match="changes nothing"):
+        grader.Mutant("same", "why", edits=(("x + 1", "x + 1"),)).sources(solutions)
