@@ -3,6 +3,9 @@
     COURSE_HEADLESS=1 COURSE_THREADS=1 nice python scripts/dpo_vs_ppo.py        # seeds 0,1,2
     python scripts/dpo_vs_ppo.py --quick     # a smoke run (one seed, few steps), writes nothing
 
+wrote the committed CSVs in 1647 s of wall time (2 CPU cores shared with other jobs, load average 10-14; about
+500-600 s per seed).
+
 For each seed, builds the notebook's world with the recipe of scripts/sweep_ppo_kl.py (SFT of
 instructgpt-base on the demonstrations, K = 4 comparisons per prompt ranked by noisy Bradley-Terry
 labelers, a reward model trained on all K choose 2 pairs), then trains from the same SFT model:
