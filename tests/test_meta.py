@@ -21,7 +21,7 @@ def test_every_check_fails_on_its_stub_and_its_mutants_and_passes_on_the_solutio
     for exercise, outcome in result.exercises.items():  # with -s: how each mutant was caught
         for name, wrong in outcome.get("mutants", {}).items():
             print(f"{exercise} {name} ({wrong['seconds']:.1f} s): {wrong['message'].splitlines()[0][:160]!r}")
-    print(f"{path.stem}: {result.seconds:.0f} s in all, {result.mutant_seconds():.1f} s in mutant checks")
+    print(f"{path.stem}: {result.seconds:.0f} s in all, {result.mutant_seconds():.1f} s in mutants")
     assert result.problems(manifest) == []
     assert set(result.exercises) == {e.id for e in manifest.exercises}
     assert {e: set(o.get("mutants", {})) for e, o in result.exercises.items() if e in mutants} == \

@@ -260,7 +260,7 @@ class Verification:
         return found
 
     def mutant_seconds(self) -> float:
-        """Time the mutants' checks took: what the mutants add to the meta-test."""
+        """Seconds the mutants took (their cells and their checks): what they add to the meta-test."""
         return sum(m["seconds"] for o in self.exercises.values() for m in o.get("mutants", {}).values())
 
 

@@ -148,12 +148,15 @@ def verify_exercise(check_module: str, exercise: dict, stub_sources: list[str], 
 def _check_with(sources: list[str], kind: str, exercise: dict, namespace: dict, check_module, timeout: float) -> dict:
     """Run ``sources`` in place of the solution cells, then the check. A version whose own cells raise
     is recorded with ``error``: the check would then see the names an earlier version left behind, so
-    its verdict says nothing about this version."""
+    its verdict says nothing about this version. ``seconds`` counts its cells and the check: what this
+    version adds to the meta-test."""
+    start = time.perf_counter()
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             for text in sources:
                 _exec_cell(text, kind, namespace)
     except BaseException as error:  # noqa: BLE001 - report it, keep probing the other versions
-        failed = _fail(f"its cells raised {type(error).__name__}: {error}", time.perf_counter())
+        failed = _fail(f"its cells raised {type(error).__name__}: {error}", start)
         return {**failed, "error": failed["message"]}
-    return run_check(exercise["check_source"], namespace, check_module, timeout)
+    return {**run_check(exercise["check_source"], namespace, check_module, timeout),
+            "seconds": time.perf_counter() - start}
