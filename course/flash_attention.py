@@ -50,7 +50,6 @@ import math
 
 import torch
 import triton
-from triton.runtime.jit import JITFunction
 
 from . import flash_configs as _flash_configs
 from . import flash_kernels as _flash_kernels
@@ -58,8 +57,10 @@ from . import runtime
 
 # Triton builds a @triton.jit function as interpreted or compilable by TRITON_INTERPRET at definition.
 # Code that flips the switch and reloads this module (a test compiles the kernels for sm_90 that way)
-# must get kernels built under the new setting, as when they were defined in this file.
-if isinstance(_flash_kernels._fwd_kernel, JITFunction) == bool(triton.knobs.runtime.interpret):
+# must get kernels built under the new setting, as when they were defined in this file. (Without Triton,
+# on macOS and Windows, course._no_triton's stand-in has no interpreter switch to follow.)
+if runtime.triton_available() and (isinstance(_flash_kernels._fwd_kernel, triton.JITFunction)
+                                   == bool(triton.knobs.runtime.interpret)):
     importlib.reload(_flash_kernels)
     importlib.reload(_flash_configs)
 
