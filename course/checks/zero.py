@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import dist
+from ..parallel.measure import tensors_in
 from .core import CheckFailed, assert_close, check, require
 from .ranks import on_ranks
 
@@ -116,24 +117,8 @@ def write_flat(params, flat: torch.Tensor) -> None:
 
 def tensor_bytes(*objects) -> int:
     """Bytes of the distinct tensors in ``objects`` (tensors, lists, tuples, dicts, modules' parameters)."""
-    seen, total = set(), 0
-
-    def visit(obj):
-        nonlocal total
-        if isinstance(obj, torch.Tensor):
-            if id(obj) not in seen:
-                seen.add(id(obj))
-                total += obj.numel() * obj.element_size()
-        elif isinstance(obj, dict):
-            for value in obj.values():
-                visit(value)
-        elif isinstance(obj, (list, tuple)):
-            for value in obj:
-                visit(value)
-
-    for obj in objects:
-        visit(obj)
-    return total
+    distinct = {id(t): t.numel() * t.element_size() for t in tensors_in(*objects)}
+    return sum(distinct.values())
 
 
 def reference_training(steps: int, lr: float = LR) -> torch.Tensor:

@@ -102,26 +102,19 @@ def tracked(device="cpu"):
         yield Tracked(tracker, device)
 
 
+def tensors_in(*objects):
+    """Every tensor in ``objects``, looking inside nested lists, tuples and dicts (in order, repeats kept)."""
+    for obj in objects:
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, dict):
+            yield from tensors_in(*obj.values())
+        elif isinstance(obj, (list, tuple)):
+            yield from tensors_in(*obj)
+
+
 def storage_bytes(*objects) -> int:
     """Bytes of the distinct storages behind the tensors in ``objects`` (nested lists, tuples, dicts):
     a view shares its base's storage and counts once."""
-    seen, total = set(), 0
-
-    def visit(obj):
-        nonlocal total
-        if isinstance(obj, torch.Tensor):
-            storage = obj.untyped_storage()
-            key = (storage.data_ptr(), obj.device)
-            if key not in seen:
-                seen.add(key)
-                total += storage.nbytes()
-        elif isinstance(obj, dict):
-            for value in obj.values():
-                visit(value)
-        elif isinstance(obj, (list, tuple)):
-            for value in obj:
-                visit(value)
-
-    for obj in objects:
-        visit(obj)
-    return total
+    storages = {(t.untyped_storage().data_ptr(), t.device): t.untyped_storage().nbytes() for t in tensors_in(*objects)}
+    return sum(storages.values())
