@@ -14,7 +14,12 @@ No Jupyter is needed. In order, each step a subprocess with its own time limit:
    issue's bars, read back from the CSVs this run wrote: FlashAttention forward >= 0.8x and
    forward+backward >= 0.6x torch SDPA's flash backend (bf16, batch*heads 32, N 4096, d 128);
    fused LoRA <= 1.10x the base matmul (8192 tokens, d 4096, r 16); packed ternary GEMV >= 3x a bf16
-   matmul at 16384 x 16384, batch 1.
+   matmul at 16384 x 16384, batch 1;
+4. with two or more GPUs, notebook 06 (ZeRO) under ``torchrun`` on NCCL, one rank per GPU (up to 4),
+   its compared claims checked as under nbval (scripts/run_notebook_torchrun.py): the distributed
+   notebooks' device and point-to-point code on a real GPU backend. With one GPU the step is left
+   out: NCCL needs a GPU per rank, and 06 needs at least two ranks (measured on gloo: one rank stops
+   in the ZeRO memory comparison with a division by zero).
 
 The time limits add up to :data:`BUDGET_S` (8 minutes, the issue's budget on one H100); a step that
 runs over is stopped and reported as such, and the next one starts. On a machine without a CUDA GPU
@@ -54,23 +59,36 @@ class Step:
         return " ".join(self.argv)
 
 
-def plan(python: str = sys.executable) -> list[Step]:
+def plan(python: str = sys.executable, gpus: int | None = None) -> list[Step]:
     """The steps, in order. Time limits: measured nowhere yet (no GPU was lent when this was written);
     sized so that they sum to BUDGET_S, the larger ones where compiling and autotuning happen."""
     pytest = (python, "-m", "pytest", "-q", "-p", "no:cacheprovider")
     tests = [Step("test " + Path(f).stem.removeprefix("test_"), (*pytest, f), t)
-             for f, t in zip(KERNEL_TESTS, (75, 45, 45, 30))]
+             for f, t in zip(KERNEL_TESTS, (65, 45, 45, 30))]
     benches = [
         # the bar's shape and two others, bf16, d = 128: the full sweep (288 cases) takes longer than the kit may
         Step("bench flash_attention", (python, "scripts/bench_flash_attention.py", "--dtype", "bfloat16", "--d", "128",
-                                       "--n", "1024", "4096", "8192", "--repeats", "50"), 135,
+                                       "--n", "1024", "4096", "8192", "--repeats", "50"), 105,
              "course/results/flash_attention_gpu.csv"),
         Step("bench flash ladder", (python, "scripts/bench_flash_attention.py", "--ladder", "--repeats", "50"), 50,
              "course/results/flash_ladder_gpu.csv"),
         Step("bench lora", (python, "scripts/bench_lora.py"), 50, "course/results/lora_gpu.csv"),
         Step("bench bitnet", (python, "scripts/bench_bitnet.py"), 45, "course/results/bitnet_gpu.csv"),
     ]
-    return tests + benches
+    ranks = min(4, gpu_count() if gpus is None else gpus)
+    distributed = [Step(f"06 on NCCL, {ranks} ranks", (python, "-m", "torch.distributed.run", "--standalone",
+                                                        "--nproc-per-node", str(ranks), "scripts/run_notebook_torchrun.py",
+                                                        "solutions/06_zero.ipynb"), 45)] if ranks >= 2 else []
+    return tests + benches + distributed
+
+
+def gpu_count() -> int:
+    """CUDA GPUs on this machine (0 without torch's CUDA build or a GPU)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def compiled_env() -> dict:

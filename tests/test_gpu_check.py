@@ -93,3 +93,11 @@ def test_bars_are_read_from_the_csvs_this_run_wrote(kit, tmp_path, monkeypatch):
     assert "packed ternary GEMV at 16384^2, batch 1: 4.00x faster than bf16 matmul, bar >= 3x: met" in lines
     stale = kit.bar_lines(since=paths["fa.csv"].stat().st_mtime + 60)  # written before this run: not used
     assert all("not measured in this run" in line for line in stale), stale
+
+
+def test_plan_runs_notebook_06_on_nccl_only_with_two_or_more_gpus(kit):
+    assert not any("06_zero" in s.command() for s in kit.plan(gpus=1))
+    steps = kit.plan(gpus=8)
+    (step,) = [s for s in steps if "06_zero" in s.command()]
+    assert "--nproc-per-node 4" in step.command()
+    assert sum(s.timeout_s for s in steps) <= kit.BUDGET_S
