@@ -1,6 +1,6 @@
 """Unit tests of course.llm: chat interface, parsing, HTTP backend, offline backends, sandbox, embeddings.
 
-The HTTP tests talk only to a tiny server started here on 127.0.0.1 (port chosen by the OS).
+The HTTP tests talk only to a tiny server on 127.0.0.1 (tests/fake_openai_server.py; port chosen by the OS).
 The sandbox tests run real subprocesses with short limits (about 5 s in all).
 """
 
@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -18,6 +16,8 @@ import torch
 from course import llm
 from course.llm import embeddings, offline, parsing
 from course.llm.chat import MESSAGE_OVERHEAD_TOKENS
+
+from fake_openai_server import FakeOpenAIServer
 
 # --- chat interface --------------------------------------------------------------------------------
 
@@ -240,48 +240,9 @@ def test_load_transcript_rejects_other_json(tmp_path):
 # --- the OpenAI-compatible HTTP backend, against a local server --------------------------------------
 
 
-class _Server:
-    """A tiny OpenAI-compatible server on 127.0.0.1; ``plan`` lists (status, body, delay_s) to send."""
-
-    def __init__(self):
-        self.plan: list[tuple[int, str, float]] = []
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length", 0))
-                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                       "body": json.loads(self.rfile.read(length))})
-                status, body, delay = outer.plan.pop(0) if outer.plan else (200, "{}", 0)
-                time.sleep(delay)
-                data = body.encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-
 @pytest.fixture
 def server():
-    s = _Server()
+    s = FakeOpenAIServer()
     yield s
     s.close()
 
@@ -339,7 +300,7 @@ def test_http_backend_errors_are_clear_sentences(server):
 
 
 def test_http_backend_says_when_no_server_listens():
-    s = _Server()
+    s = FakeOpenAIServer()
     url = s.url
     s.close()  # the port is now closed
     with pytest.raises(llm.LLMError, match="could not reach .*is the server running"):

@@ -5,13 +5,13 @@ The HTTP case talks to a tiny server on 127.0.0.1 started here (no network)."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from course import llm
 from course.llm import trace as tracing
+
+from fake_openai_server import FakeOpenAIServer
 
 
 def lookup(word: str) -> str:
@@ -102,37 +102,8 @@ def test_abbreviate_puts_text_on_one_line_within_the_width():
         tracing.abbreviate("x", 2)
 
 
-class _OneReplyServer:
-    """A local OpenAI-compatible server that answers every request with one canned body."""
-
-    def __init__(self, body: dict):
-        payload = json.dumps(body).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-
 def test_trace_says_server_when_the_server_reported_the_counts():
-    server = _OneReplyServer({"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [
+    server = FakeOpenAIServer.replying({"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [
         {"id": "call_9", "type": "function", "function": {"name": "lookup", "arguments": '{"word": "dog"}'}}]}}],
         "usage": {"prompt_tokens": 123, "completion_tokens": 17}})
     try:
@@ -147,35 +118,9 @@ def test_trace_says_server_when_the_server_reported_the_counts():
     assert "(counts: 1 server)" in trace.table()
 
 
-class _ScriptedServer(_OneReplyServer):
-    """A local server that answers the i-th request with the i-th canned body and keeps the requests."""
-
-    def __init__(self, bodies: list[dict]):
-        self.requests: list[dict] = []
-        outer, queue = self, list(bodies)
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                outer.requests.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
-                payload = json.dumps(queue.pop(0)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-
 def test_the_same_tool_loop_runs_on_an_offline_model_and_on_a_server():
     """What notebook 11 promises: its loop works unchanged with either backend; only the token source differs."""
-    server = _ScriptedServer([
+    server = FakeOpenAIServer.replying(*[
         {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [CALL.to_dict()]}}],
          "usage": {"prompt_tokens": 50, "completion_tokens": 9}},
         {"choices": [{"message": {"role": "assistant", "content": "A cat is a small carnivore."}}],
@@ -193,7 +138,7 @@ def test_the_same_tool_loop_runs_on_an_offline_model_and_on_a_server():
     assert [c.tool_calls for c in offline_trace.calls] == [c.tool_calls for c in server_trace.calls]
     assert [c.token_source for c in server_trace.calls] == ["server", "server"]
     assert [c.token_source for c in offline_trace.calls] == ["estimate", "estimate"]
-    assert server.requests[1]["messages"][-1] == {"role": "tool", "content": "cat: a small domesticated carnivore",
+    assert server.requests[1]["body"]["messages"][-1] == {"role": "tool", "content": "cat: a small domesticated carnivore",
                                                   "name": "lookup", "tool_call_id": "call_1"}
-    assert server.requests[0]["tools"] == [llm.tool_schema(lookup)] and server.requests[0]["tool_choice"] == "auto"
-    assert server.requests[1]["seed"] == 1
+    assert server.requests[0]["body"]["tools"] == [llm.tool_schema(lookup)] and server.requests[0]["body"]["tool_choice"] == "auto"
+    assert server.requests[1]["body"]["seed"] == 1
