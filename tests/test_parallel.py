@@ -3,6 +3,8 @@ bucketed DDP, mixed-precision states and activation recomputation."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -29,6 +31,89 @@ def test_tracked_counts_live_and_peak_bytes_of_tensors_made_inside():
 def test_storage_bytes_counts_a_view_once():
     base = torch.zeros(100)
     assert measure.storage_bytes([base, base[:10], {"again": base}]) == 400
+
+
+# --- what the tracker counts on each device (CPU exact, CUDA 512-byte blocks) ---------------------
+
+
+@pytest.fixture
+def tracker_rounds_as_on_cuda(monkeypatch):
+    """MemTracker counting CPU storages with its own CUDA rule: torch's code, with the device type it
+    tests swapped to "cuda" for the call. How the CUDA count is checked without a GPU."""
+    from torch.distributed._tools import mem_tracker
+
+    original = mem_tracker._WeakRefInfo._calculate_mem_consumed
+
+    def as_on_cuda(info):
+        real, info.device = info.device, torch.device("cuda")
+        try:
+            return original(info)
+        finally:
+            info.device = real
+
+    monkeypatch.setattr(mem_tracker._WeakRefInfo, "_calculate_mem_consumed", as_on_cuda)
+
+
+def test_allocation_unit_is_exact_on_the_cpu_and_512_bytes_on_cuda(monkeypatch):
+    monkeypatch.delenv("PYTORCH_NO_CUDA_MEMORY_CACHING", raising=False)
+    assert [measure.allocation_unit(d) for d in ("cpu", "meta", "cuda", "cuda:1")] == [1, 1, 512, 512]
+    monkeypatch.setenv("PYTORCH_NO_CUDA_MEMORY_CACHING", "1")  # no caching allocator: no rounding
+    assert measure.allocation_unit("cuda") == 1
+
+
+def test_the_cuda_block_is_the_one_memtracker_uses():
+    from torch.distributed._tools import mem_tracker
+
+    if int(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING", "0")):
+        pytest.skip("PYTORCH_NO_CUDA_MEMORY_CACHING is set: MemTracker does not round in this process")
+    assert mem_tracker._PYTORCH_MIN_ALLOCATE == measure.CUDA_BLOCK_BYTES
+
+
+@pytest.mark.parametrize("nbytes, cpu, cuda", [(0, 0, 0), (1, 1, 512), (4, 4, 512), (511, 511, 512),
+                                               (512, 512, 512), (513, 513, 1024), (27_696, 27_696, 27_648 + 512)])
+def test_allocated_bytes_rounds_up_to_the_devices_unit(nbytes, cpu, cuda, monkeypatch):
+    monkeypatch.delenv("PYTORCH_NO_CUDA_MEMORY_CACHING", raising=False)
+    assert (measure.allocated_bytes(nbytes, "cpu"), measure.allocated_bytes(nbytes, "cuda")) == (cpu, cuda)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "4"])
+def test_allocated_bytes_refuses_what_is_not_a_byte_count(bad):
+    with pytest.raises(ValueError, match="byte count"):
+        measure.allocated_bytes(bad, "cpu")
+
+
+def test_tracked_bytes_on_the_cpu_are_the_storages_exact_bytes():
+    base = torch.zeros(100)
+    tensors = [base, base[:10], {"again": base}, torch.zeros(3, dtype=torch.bfloat16)]
+    assert measure.tracked_bytes(tensors) == measure.storage_bytes(tensors) == 406  # a view counts once
+
+
+def test_tracked_bytes_agree_with_memtracker_under_simulated_cuda_rounding(tracker_rounds_as_on_cuda, monkeypatch):
+    monkeypatch.delenv("PYTORCH_NO_CUDA_MEMORY_CACHING", raising=False)
+    with measure.tracked() as mem:
+        # sizes below, at and above one 512-byte block, a view, an odd bf16 tensor, an empty one
+        kept = [torch.zeros(1), torch.zeros(127), torch.zeros(128), torch.zeros(129), torch.zeros(1000),
+                torch.zeros(5, dtype=torch.bfloat16), torch.zeros(0)]
+        kept.append(kept[4][:10])
+        live = mem.live_bytes()
+    exact = measure.storage_bytes(kept)
+    assert exact == 4 + 508 + 512 + 516 + 4000 + 10
+    assert live == measure.tracked_bytes(kept, device="cuda") == 512 + 512 + 512 + 1024 + 4096 + 512
+    assert live != exact  # why a claim "tracker = the tensors' nbytes" would print False on a GPU
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (checked by simulation above)")
+def test_tracked_bytes_agree_with_memtracker_and_the_allocator_on_cuda():
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    with measure.tracked("cuda") as mem:
+        kept = [torch.zeros(n, device="cuda") for n in (1, 127, 128, 129, 1000)]
+        kept.append(torch.zeros(5, dtype=torch.bfloat16, device="cuda"))
+        live = mem.live_bytes()
+    expected = measure.tracked_bytes(kept)
+    assert expected == 512 + 512 + 512 + 1024 + 4096 + 512
+    assert live == expected  # MemTracker's count
+    assert torch.cuda.memory_allocated() - before == expected  # the caching allocator's own
 
 
 def test_wire_sees_bytes_written_by_the_process(tmp_path):
@@ -115,9 +200,21 @@ def test_bucketed_ddp_refuses_buckets_that_lose_a_parameter():
 def test_mixed_precision_states_measured_match_2_2_12_bytes_per_parameter(stage):
     got = precision.measured_bytes(zero_check.tiny_mlp, lambda: zero_check.batch(0), 4, 1, stage)
     psi = sum(p.numel() for p in zero_check.tiny_mlp().parameters())
-    assert got["live"] == got["weights"] + got["grads"] + got["master"] + got["m"] + got["v"]
+    assert got["live"] == got["weights"] + got["grads"] + got["master"] + got["m"] + got["v"] == got["allocated"]
     padded = zero_check.padded_numel(psi, 4)
     assert got["live"] == precision.formula_bytes(padded, 4, stage)  # exact with the padded count
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_mixed_precision_live_bytes_are_the_allocated_states_under_simulated_cuda_rounding(
+        stage, tracker_rounds_as_on_cuda, monkeypatch):
+    # both the tracker and the helper count the CPU tensors as CUDA would: the notebook's claim
+    # "live = the kept tensors as allocated" holds there, while "live = their nbytes" would not
+    monkeypatch.setattr(measure, "allocation_unit", lambda device: measure.CUDA_BLOCK_BYTES)
+    got = precision.measured_bytes(zero_check.tiny_mlp, lambda: zero_check.batch(0), 4, 1, stage, device="cpu")
+    exact = got["weights"] + got["grads"] + got["master"] + got["m"] + got["v"]
+    assert got["live"] == got["allocated"] > exact
+    assert got["allocated"] - exact < 5 * measure.CUDA_BLOCK_BYTES  # at most 511 B more for each of the 5 tensors
 
 
 def test_mixed_precision_formula_is_16_bytes_per_parameter_without_partitioning():

@@ -4,7 +4,9 @@
 allocated while it is active and keeps a weak reference to it, so ``live_bytes`` is the bytes of the
 storages made in the region that are still alive, and ``peak_bytes`` the most that were alive at once.
 On the CPU the counts are exact bytes; on CUDA the tracker rounds each allocation up to the caching
-allocator's 512-byte blocks, so small tensors read larger there.
+allocator's 512-byte blocks, so small tensors read larger there. :func:`tracked_bytes` says what the
+tracker (and the allocator) should count for given tensors on a given device, so a claim such as
+"the tracker sees exactly these tensors" holds on both (:func:`allocation_unit` states the rule).
 
 **Bytes on the wire.** Gloo moves data with ``write``/``writev`` on TCP sockets; Linux adds every byte
 a process writes through those calls to ``wchar`` in ``/proc/self/io``. The difference of two readings
@@ -16,6 +18,8 @@ GPUs moves bytes by NVLink or RDMA, not through these calls: there ``wchar`` see
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import time
 from pathlib import Path
 
@@ -100,6 +104,46 @@ def tracked(device="cpu"):
     tracker = MemTracker()
     with tracker:
         yield Tracked(tracker, device)
+
+
+# --- what the allocator hands out -----------------------------------------------------------------
+# CUDA's caching allocator serves every request in blocks of a multiple of 512 bytes (kMinBlockSize in
+# c10/cuda/CUDACachingAllocator.cpp): a 4-byte tensor occupies 512 B, a 513-byte one 1,024 B, an empty
+# one nothing. MemTracker counts CUDA storages with the same rounding, and CPU storages (and those of
+# other devices) at their exact size. PYTORCH_NO_CUDA_MEMORY_CACHING=1 turns the caching allocator off,
+# and MemTracker's rounding with it. (PYTORCH_CUDA_ALLOC_CONF=roundup_power2_divisions:N makes the real
+# allocator round further, to power-of-two fractions; MemTracker does not follow it: leave it unset.)
+CUDA_BLOCK_BYTES = 512
+
+
+def allocation_unit(device) -> int:
+    """Bytes a storage's size is rounded up to a multiple of on ``device``, as MemTracker and the
+    allocator count it: 512 on CUDA (1 with ``PYTORCH_NO_CUDA_MEMORY_CACHING=1``), 1 elsewhere (exact)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 1
+    caching = int(os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING", "0")) == 0  # torch's own test of the variable
+    return CUDA_BLOCK_BYTES if caching else 1
+
+
+def allocated_bytes(nbytes: int, device) -> int:
+    """Bytes a storage of ``nbytes`` occupies on ``device``: ``nbytes`` rounded up to :func:`allocation_unit`."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+        raise ValueError(f"nbytes must be a byte count (an int >= 0), got {nbytes!r}")
+    unit = allocation_unit(device)
+    return math.ceil(nbytes / unit) * unit
+
+
+def tracked_bytes(*objects, device=None) -> int:
+    """Bytes MemTracker counts for the distinct storages behind the tensors in ``objects`` (nested
+    lists, tuples, dicts): each storage's bytes rounded up as the allocator of its device rounds them
+    (exact on the CPU, multiples of 512 on CUDA). ``device`` counts them as if they lived there, which
+    is how the CUDA count is checked on a machine without a GPU."""
+    storages = {}
+    for t in tensors_in(*objects):
+        storage = t.untyped_storage()
+        storages[(storage.data_ptr(), t.device)] = allocated_bytes(storage.nbytes(), t.device if device is None else device)
+    return sum(storages.values())
 
 
 def tensors_in(*objects):

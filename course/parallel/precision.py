@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from . import measure
 
 STAGES = {0: "DP", 1: "ZeRO-1", 2: "ZeRO-2", 3: "ZeRO-3"}
@@ -74,16 +75,22 @@ def rank_states(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n: int
     return {"weights": weights, "grads": grads, "master": master, "m": m, "v": v}
 
 
-def measured_bytes(make_model, make_batch, n: int, rank: int, stage: int) -> dict:
+def measured_bytes(make_model, make_batch, n: int, rank: int, stage: int, device=None) -> dict:
     """Bytes of the states :func:`rank_states` keeps, counted by ``MemTracker`` (what is alive after the
     step) and per kind from the tensors' storages. The model and batch are made inside the tracked
     region (the tracker also counts tensors that existed before but are read inside) and dropped
-    before counting: the fp32 model only initialises the states."""
-    with measure.tracked() as mem:
+    before counting: the fp32 model only initialises the states.
+
+    ``device`` is where ``make_model`` and ``make_batch`` put their tensors (default: this rank's,
+    :func:`course.dist.device`). Per kind the bytes are the tensors' own (``nbytes``); ``"allocated"`` is
+    what the tracker should count for them on that device (:func:`measure.tracked_bytes`: the same on
+    the CPU, each storage rounded up to 512 B on CUDA), which is what ``"live"`` is compared with."""
+    device = dist.device() if device is None else torch.device(device)
+    with measure.tracked(device) as mem:
         model = make_model()
         x, y = make_batch()
         states = rank_states(model, x, y, n, rank, stage)
         del model, x, y
         live = mem.live_bytes()
     per_kind = {name: measure.storage_bytes(t) for name, t in states.items()}
-    return {"live": live, **per_kind}
+    return {"live": live, "allocated": measure.tracked_bytes(states), **per_kind}

@@ -59,7 +59,7 @@ def measure(depth: int = 6, width: int = 64, batch: int = 256, repeats: int = 5,
             resident = mem.live_bytes()  # parameters, gradients, input: not activations
             mem.reset_peak()
             out = forward(blocks, x, recompute)
-            saved = mem.live_bytes() - resident - out.numel() * out.element_size()
+            saved = mem.live_bytes() - resident - instruments.tracked_bytes(out)  # as the tracker counts `out`
             out.square().mean().backward()
             del out
             peak = mem.peak_bytes() - resident
