@@ -7,7 +7,8 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-from typing import Annotated, Literal, Optional
+from dataclasses import dataclass, field
+from typing import Annotated, Literal, NotRequired, Optional, TypedDict
 
 import pytest
 
@@ -94,7 +95,7 @@ def test_valid_arguments_pass_and_safe_coercions_are_made():
     ({"celsius": "20", "room": "office", "schedule": []}, "'celsius' should be number \\(float\\), got string \"20\""),
     ({"celsius": True, "room": "office", "schedule": []}, "got boolean true"),
     ({"celsius": 20, "room": "attic", "schedule": []}, "must be one of \\[\"kitchen\", \"office\"\\]"),
-    ({"celsius": 20, "room": "office", "schedule": [7.5]}, "'schedule' item 0 should be integer"),
+    ({"celsius": 20, "room": "office", "schedule": [7.5]}, "'schedule\\[0\\]' should be integer"),
     ({"celsius": 20, "room": "office", "schedule": "7,8"}, "should be array"),
     ([20, "office"], "must be a JSON object"),
 ])
@@ -119,6 +120,110 @@ def test_null_is_accepted_only_where_the_schema_allows_it():
     assert tools.validate_arguments(spec, {"amount": 1, "unit": None, "precision": None})["unit"] is None
     with pytest.raises(llm.ToolArgumentError, match="'amount' should be number"):
         tools.validate_arguments(spec, {"amount": None})
+
+
+# --- nested objects: dataclasses, TypedDicts, lists of them -----------------------------------------
+
+
+@dataclass
+class Item:
+    """One line of an order."""
+
+    sku: str
+    qty: int
+    size: Literal["S", "M", "L"] | None = None
+
+
+class Address(TypedDict):
+    street: str
+    city: str
+    floor: NotRequired[int]
+
+
+@dataclass
+class Tree:
+    value: int
+    children: list[Tree] = field(default_factory=list)
+
+
+def place_order(items: list[Item], ship_to: Address, gift: Optional[Item] = None) -> str:
+    """Place an order."""
+    return f"{len(items)} lines, {sum(i.qty for i in items)} pieces to {ship_to['city']}" + \
+        (f", gift {gift.sku}" if gift else "") + f" ({type(items[0]).__name__})"
+
+
+ORDER = tools.tool_schema(place_order)
+
+
+def test_a_dataclass_and_a_typeddict_become_nested_object_schemas():
+    props = ORDER["function"]["parameters"]["properties"]
+    item = {"type": "object", "properties": {"sku": {"type": "string"}, "qty": {"type": "integer"},
+                                             "size": {"type": ["string", "null"], "enum": ["S", "M", "L", None],
+                                                      "default": None}},
+            "required": ["sku", "qty"], "additionalProperties": False, "description": "One line of an order."}
+    assert props["items"] == {"type": "array", "items": item}
+    assert props["ship_to"] == {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"},
+                                                                 "floor": {"type": "integer"}},
+                                "required": ["street", "city"], "additionalProperties": False}
+    assert props["gift"] == {**item, "type": ["object", "null"], "default": None}
+    json.dumps(ORDER)
+
+
+def test_a_recursive_dataclass_is_refused_with_the_reason():
+    def plant(tree: Tree) -> None:
+        """Plant a tree."""
+
+    with pytest.raises(TypeError, match="Tree contains itself"):
+        tools.tool_schema(plant)
+
+
+GOOD_ORDER = {"items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 2.0, "size": "M"}],
+              "ship_to": {"street": "1 Main St", "city": "Lyon"}}
+
+
+def test_nested_arguments_that_fit_pass_with_safe_coercions_and_reach_the_tool_as_dataclasses():
+    got = tools.validate_arguments(ORDER, GOOD_ORDER)
+    assert got["items"][1] == {"sku": "b", "qty": 2, "size": "M"} and isinstance(got["items"][1]["qty"], int)
+    answer = llm.Toolbox([place_order]).run(llm.ToolCall("place_order", {**GOOD_ORDER, "gift": {"sku": "g", "qty": 1}},
+                                                         "c9"))
+    assert answer.content == "2 lines, 3 pieces to Lyon, gift g (Item)"
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda a: a["items"][1].update(qty="2"), "argument 'items[1].qty' should be integer (int), got string \"2\""),
+    (lambda a: a["items"][0].update(size="XL"), "argument 'items[0].size' must be one of"),
+    (lambda a: a["items"][0].pop("sku"), "argument 'items[0]' is missing required key 'sku' (it needs sku, qty)"),
+    (lambda a: a["ship_to"].update(zip="69001"), "argument 'ship_to' has unknown key 'zip' (it takes street, city, floor)"),
+    (lambda a: a["ship_to"].update(floor=2.5), "argument 'ship_to.floor' should be integer"),
+    (lambda a: a.update(items={"sku": "a", "qty": 1}), "argument 'items' should be array"),
+    (lambda a: a.update(gift=[1]), "argument 'gift' should be object (dict) or null (None), got array"),
+])
+def test_a_nested_argument_that_does_not_fit_is_named_by_its_path(change, words):
+    arguments = copy.deepcopy(GOOD_ORDER)
+    change(arguments)
+    with pytest.raises(llm.ToolArgumentError) as error:
+        tools.validate_arguments(ORDER, arguments)
+    assert words in str(error.value) and str(error.value).startswith("place_order: ")
+
+
+def test_every_nested_problem_is_listed_in_one_message():
+    arguments = copy.deepcopy(GOOD_ORDER)
+    arguments["items"][0]["qty"] = "one"
+    arguments["items"][1]["qty"] = None
+    with pytest.raises(llm.ToolArgumentError) as error:
+        tools.validate_arguments(ORDER, arguments)
+    assert "'items[0].qty'" in str(error.value) and "'items[1].qty'" in str(error.value)
+
+
+def test_validate_value_checks_any_json_value_and_names_where_it_fails():
+    schema = ORDER["function"]["parameters"]["properties"]["items"]
+    assert tools.validate_value(schema, [{"sku": "a", "qty": 1.0}]) == [{"sku": "a", "qty": 1}]
+    with pytest.raises(llm.ToolArgumentError, match=r"^reply: argument '\[0\]\.qty' should be integer"):
+        tools.validate_value(schema, [{"sku": "a", "qty": "1"}], name="reply")
+    with pytest.raises(llm.ToolArgumentError, match="^value: the value should be array"):
+        tools.validate_value(schema, {"sku": "a"})
+    with pytest.raises(TypeError, match="JSON Schema dict"):
+        tools.validate_value("array", [])
 
 
 # --- Toolbox ---------------------------------------------------------------------------------------
@@ -317,3 +422,38 @@ def test_tool_schema_check_ignores_parameter_descriptions_it_does_not_ask_for():
 
     check.tool_schema(without_descriptions, tools.SCHEMA_EXAMPLES)
     assert passed()
+
+
+# --- response_format on the offline models -----------------------------------------------------------
+
+ANSWER_FORMAT = {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER["function"]["parameters"]}}
+
+
+def test_an_offline_reply_that_fits_the_requested_schema_comes_back_unchanged():
+    text = json.dumps(GOOD_ORDER)
+    assert llm.ScriptedModel([text]).chat([llm.user("order")], response_format=ANSWER_FORMAT).content == text
+    assert llm.RuleModel(lambda messages: '{"a": 1}').chat([llm.user("x")],
+                                                          response_format={"type": "json_object"}).content == '{"a": 1}'
+    assert llm.ScriptedModel(["plain words"]).chat([llm.user("x")], response_format={"type": "text"}).content \
+        == "plain words"
+
+
+@pytest.mark.parametrize("reply, response_format, words", [
+    ("Sure! Here is the order.", ANSWER_FORMAT, "its reply is not JSON"),
+    ('["a", "b"]', {"type": "json_object"}, "JSON but not an object"),
+    (json.dumps({**GOOD_ORDER, "items": [{"sku": "a", "qty": "2"}]}), ANSWER_FORMAT,
+     "does not fit the schema: order: argument 'items[0].qty' should be integer"),
+])
+def test_an_offline_model_says_it_cannot_constrain_its_output_instead_of_answering_in_another_format(
+        reply, response_format, words):
+    for model in (llm.ScriptedModel([reply], name="script"), llm.RuleModel(lambda messages: reply, name="script")):
+        with pytest.raises(llm.LLMError, match="script: an offline model cannot constrain its output") as error:
+            model.chat([llm.user("order")], response_format=response_format)
+        assert words in str(error.value).replace("Its", "its")
+
+
+def test_a_reply_that_only_calls_tools_is_not_held_to_the_response_format():
+    call = llm.ToolCall("add", {"a": 1, "b": 2}, "call_1")
+    reply = llm.ScriptedModel([llm.assistant("", tool_calls=[call])]).chat(
+        [llm.user("add")], tools=[add], response_format={"type": "json_object"})
+    assert reply.tool_calls == (call,)

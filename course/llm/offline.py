@@ -65,13 +65,45 @@ class ScriptedModel(ChatModel):
         self.position = 0
         self.description = f"scripted replies ({len(self.replies)} in order), not a language model"
 
-    def _complete(self, messages, **_options):
+    def _complete(self, messages, **options):
         if self.position >= len(self.replies):
             raise LLMError(f"{self.name} ran out of scripted replies after {len(self.replies)} call(s)")
         item = self.replies[self.position]
         self.position += 1
         answer = _assistant_message(item(messages) if callable(item) else item, self.name)
+        answer = honour_response_format(answer, options.get("response_format"), self.name)
         return Completion(answer, raw={"script_index": self.position - 1})
+
+
+def honour_response_format(message: Message, response_format: dict | None, who: str) -> Message:
+    """An offline reply checked against the request's ``response_format``; a reply that does not fit raises.
+
+    A server can constrain decoding to a JSON Schema; a script or a rule-based policy cannot, so an
+    offline model passes its reply through when it already fits ("json_object": a JSON object;
+    "json_schema": JSON valid against the schema, checked by :func:`course.llm.tools.validate_value`)
+    and otherwise raises :class:`LLMError` saying so, instead of answering in another format. A
+    reply that only makes tool calls is not checked (the format applies to the text).
+    """
+    kind = (response_format or {}).get("type", "text")
+    if kind == "text" or (message.tool_calls and not message.content):
+        return message
+    from .tools import ToolArgumentError, validate_value  # tools imports chat, as this module does
+
+    cannot = (f"{who}: an offline model cannot constrain its output to response_format {kind!r}; write its "
+              "script or policy to answer in that format, or use a server that supports response_format")
+    try:
+        value = json.loads(message.content)
+    except json.JSONDecodeError as error:
+        raise LLMError(f"{cannot}. Its reply is not JSON ({error.msg}); it began: {message.content[:80]!r}") from None
+    if kind == "json_object" and not isinstance(value, dict):
+        raise LLMError(f"{cannot}. Its reply is JSON but not an object: {message.content[:80]!r}")
+    if kind == "json_schema":
+        spec = response_format["json_schema"]
+        try:
+            validate_value(spec.get("schema", {}), value, name=str(spec.get("name", "response")))
+        except ToolArgumentError as error:
+            raise LLMError(f"{cannot}. Its reply does not fit the schema: {error}") from None
+    return message
 
 
 def _takes_tools(policy: Callable) -> bool:
@@ -106,7 +138,8 @@ class RuleModel(ChatModel):
             answer = self.policy(list(messages))
         if not isinstance(answer, (str, Message)):
             raise LLMError(f"{self.name}: the policy returned {type(answer).__name__}, expected str")
-        return Completion(_assistant_message(answer, f"{self.name}: the policy"))
+        answer = _assistant_message(answer, f"{self.name}: the policy")
+        return Completion(honour_response_format(answer, options.get("response_format"), self.name))
 
 
 def code_as_tool_calls(policy: Callable[[list[Message]], str], *, tool: str = "run_python", argument: str = "code",

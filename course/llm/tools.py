@@ -20,14 +20,20 @@ text. :class:`Toolbox` puts both together: specs for ``chat(tools=...)`` and a `
 answers every call with a ``tool`` message (the result, or the error) and never raises.
 
 Types understood: ``str``, ``int``, ``float``, ``bool``, ``list[T]``, ``dict`` (any object),
-``Literal[...]`` (an enum), ``Optional[T]`` / ``T | None`` (null allowed) and ``Annotated[T,
-"description"]``. A parameter with a default is optional and its default is written into the
-schema. Parameter descriptions come from ``Annotated`` or from a Google-style ``Args:`` section of
+``Literal[...]`` (an enum), ``Optional[T]`` / ``T | None`` (null allowed), ``Annotated[T,
+"description"]``, and nested objects: a dataclass or a ``TypedDict`` becomes an object schema with
+its own ``properties``, ``required`` and ``additionalProperties: false`` (so ``list[Item]`` is an
+array of such objects). A parameter (or field) with a default is optional and its default is
+written into the schema. A nested argument that does not fit is named by its path, e.g.
+``argument 'items[2].qty' should be integer (int), got string "2"``; :class:`Toolbox` turns the
+checked dicts back into the dataclasses the function was written for. :func:`validate_value`
+checks any JSON value against a schema the same way (a reply asked for with ``response_format``). Parameter descriptions come from ``Annotated`` or from a Google-style ``Args:`` section of
 the docstring; the tool's description is the docstring's first paragraph.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -82,13 +88,65 @@ def _is_none(t: Any) -> bool:
     return t is None or t is type(None)
 
 
-def _type_schema(annotation: Any, where: str) -> dict:
+def _is_dataclass_type(annotation: Any) -> bool:
+    return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
+
+
+def _own_docstring(cls: type) -> str:
+    """A class's docstring, first paragraph, unless it is the signature a dataclass writes for itself."""
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    if not doc or doc.startswith(cls.__name__ + "("):
+        return ""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def _json_default(value: Any, where: str) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise TypeError(f"{where}: its default {value!r} is not a JSON value") from None
+    return value
+
+
+def _object_schema(cls: type, where: str, seen: tuple[type, ...]) -> dict:
+    """A dataclass's or TypedDict's object schema: each field's schema, the required ones, nothing else."""
+    if cls in seen:
+        raise TypeError(f"{where}: {cls.__name__} contains itself; a recursive type needs $ref, which "
+                        "tool schemas here do not write")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    properties, required = {}, []
+    if _is_dataclass_type(cls):
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            schema = _type_schema(hints[f.name], f"{where}.{f.name}", seen + (cls,))
+            if f.default is not dataclasses.MISSING:
+                schema["default"] = _json_default(f.default, f"{where}.{f.name}")
+            elif f.default_factory is dataclasses.MISSING:
+                required.append(f.name)
+            properties[f.name] = schema
+    else:  # a TypedDict: the markers decide, then total=... (__required_keys__ misses markers in string annotations)
+        for key, hint in hints.items():
+            properties[key] = _type_schema(hint, f"{where}.{key}", seen + (cls,))
+            marker = typing.get_origin(hint)
+            if marker is typing.Required or (marker is not typing.NotRequired and key in cls.__required_keys__):
+                required.append(key)
+    schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    description = _own_docstring(cls)
+    return {**schema, "description": description} if description else schema
+
+
+def _type_schema(annotation: Any, where: str, seen: tuple[type, ...] = ()) -> dict:
     """The JSON Schema of one Python annotation (see the module docstring for what is understood)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
-        schema = _type_schema(args[0], where)
+        schema = _type_schema(args[0], where, seen)
         notes = [a for a in args[1:] if isinstance(a, str)]
         return {**schema, "description": " ".join(notes)} if notes else schema
+    if origin in (typing.Required, typing.NotRequired):  # a TypedDict key's marker; required is read elsewhere
+        return _type_schema(args[0], where, seen)
+    if _is_dataclass_type(annotation) or typing.is_typeddict(annotation):
+        return _object_schema(annotation, where, seen)
     if annotation in JSON_TYPES:
         return {"type": JSON_TYPES[annotation]}
     if annotation is dict or origin is dict:
@@ -96,7 +154,7 @@ def _type_schema(annotation: Any, where: str) -> dict:
     if annotation is list:
         raise TypeError(f"{where}: say what the list holds, e.g. list[int], so the schema can give 'items'")
     if origin is list:
-        return {"type": "array", "items": _type_schema(args[0], f"{where} (its items)")}
+        return {"type": "array", "items": _type_schema(args[0], f"{where}[]", seen)}
     if origin is Literal:
         kinds = {type(a) for a in args}
         if len(kinds) != 1 or next(iter(kinds)) not in JSON_TYPES:
@@ -105,14 +163,14 @@ def _type_schema(annotation: Any, where: str) -> dict:
     if origin in (typing.Union, types.UnionType):
         rest = [a for a in args if not _is_none(a)]
         if len(rest) == 1 and len(args) == 2:
-            schema = dict(_type_schema(rest[0], where))
+            schema = dict(_type_schema(rest[0], where, seen))
             schema["type"] = [schema["type"], "null"]
             if "enum" in schema:
                 schema["enum"] = [*schema["enum"], None]
             return schema
         raise TypeError(f"{where}: only Optional[T] (T | None) unions are supported, got {annotation}")
     raise TypeError(f"{where}: cannot write a JSON Schema for the annotation {annotation!r}; use str, int, "
-                    "float, bool, list[T], dict, Literal[...] or Optional[T]")
+                    "float, bool, list[T], dict, Literal[...], Optional[T], a dataclass or a TypedDict")
 
 
 def tool_schema(fn: Callable, *, name: str | None = None, description: str | None = None) -> dict:
@@ -145,11 +203,7 @@ def tool_schema(fn: Callable, *, name: str | None = None, description: str | Non
         if p.default is p.empty:
             required.append(p.name)
         else:
-            try:
-                json.dumps(p.default, allow_nan=False)
-            except (TypeError, ValueError):
-                raise TypeError(f"{where}: its default {p.default!r} is not a JSON value") from None
-            schema["default"] = p.default
+            schema["default"] = _json_default(p.default, where)
         properties[p.name] = schema
     parameters = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
@@ -184,8 +238,15 @@ def _json_kind(value: Any) -> str:
     return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
 
 
-def _value(value: Any, schema: Mapping, where: str, problems: list[str]) -> Any:
-    """``value`` checked against ``schema`` (coerced where safe); problems are appended, not raised."""
+def _label(path: str) -> str:
+    return f"argument {path!r}" if path else "the value"
+
+
+def _value(value: Any, schema: Mapping, path: str, problems: list[str]) -> Any:
+    """``value`` at ``path`` (``items[2].qty``) checked against ``schema``, coerced where safe.
+
+    Problems are appended, not raised, so one message can list them all.
+    """
     allowed = schema.get("type")
     allowed = [allowed] if isinstance(allowed, str) else list(allowed or [])
     kind = _json_kind(value)
@@ -196,15 +257,34 @@ def _value(value: Any, schema: Mapping, where: str, problems: list[str]) -> Any:
             value, kind = int(value), "integer"  # 3.0 is the integer 3: nothing is lost
         else:
             wanted = " or ".join(f"{t} ({_PY_NAMES.get(t, t)})" for t in allowed)
-            problems.append(f"{where} should be {wanted}, got {kind} {_show(value)}")
+            problems.append(f"{_label(path)} should be {wanted}, got {kind} {_show(value)}")
             return value
     if "enum" in schema and value not in schema["enum"]:
-        problems.append(f"{where} must be one of {_show(schema['enum'])}, got {_show(value)}")
+        problems.append(f"{_label(path)} must be one of {_show(schema['enum'])}, got {_show(value)}")
     if kind == "array" and isinstance(schema.get("items"), Mapping):
-        value = [_value(v, schema["items"], f"{where} item {i}", problems) for i, v in enumerate(value)]
+        value = [_value(v, schema["items"], f"{path}[{i}]", problems) for i, v in enumerate(value)]
     if kind == "object" and "properties" in schema:
-        value = _object(value, schema, where, problems)
+        value = _nested_object(value, schema, path, problems)
     return value
+
+
+def _nested_object(value: dict, schema: Mapping, path: str, problems: list[str]) -> dict:
+    """An object inside the arguments: its keys checked as the top level's are, named by their path."""
+    properties = schema.get("properties", {})
+    missing = [key for key in schema.get("required", []) if key not in value]
+    if missing:
+        problems.append(f"{_label(path)} is missing required key{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(map(repr, missing))} (it needs {', '.join(schema['required'])})")
+    out = {}
+    for key, item in value.items():
+        inner = f"{path}.{key}" if path else key
+        if key in properties:
+            out[key] = _value(item, properties[key], inner, problems)
+        elif schema.get("additionalProperties", True) is False:
+            problems.append(f"{_label(path)} has unknown key {key!r} (it takes {', '.join(properties) or 'no keys'})")
+        else:
+            out[key] = item
+    return out
 
 
 def _object(arguments: dict, schema: Mapping, where: str, problems: list[str]) -> dict:
@@ -216,7 +296,7 @@ def _object(arguments: dict, schema: Mapping, where: str, problems: list[str]) -
                         f"{', '.join(map(repr, missing))} ({where} needs {', '.join(schema['required'])})")
     for key, value in arguments.items():
         if key in properties:
-            out[key] = _value(value, properties[key], f"argument {key!r}", problems)
+            out[key] = _value(value, properties[key], key, problems)
         elif schema.get("additionalProperties", True) is False:
             problems.append(f"unknown argument {key!r} ({where} takes {', '.join(properties) or 'no arguments'})")
         else:
@@ -239,6 +319,43 @@ def validate_arguments(spec_or_schema: Mapping, arguments: Any) -> dict:
     if problems:
         raise ToolArgumentError(f"{name}: " + "; ".join(problems))
     return checked
+
+
+def validate_value(schema: Mapping, value: Any, *, name: str = "value") -> Any:
+    """Any JSON ``value`` checked against a JSON Schema (types, enums, arrays, nested objects).
+
+    Returns the value (coerced only where nothing changes); raises :class:`ToolArgumentError`
+    naming ``name`` and every problem with its path, e.g. ``answer: argument 'items[0].qty' ...``.
+    """
+    if not isinstance(schema, Mapping):
+        raise TypeError(f"schema must be a JSON Schema dict, got {type(schema).__name__}")
+    problems: list[str] = []
+    if schema.get("type") == "object" and isinstance(value, dict):
+        checked = _object(value, schema, name, problems)
+    else:
+        checked = _value(value, schema, "", problems)
+    if problems:
+        raise ToolArgumentError(f"{name}: " + "; ".join(problems))
+    return checked
+
+
+def _build(value: Any, annotation: Any) -> Any:
+    """A checked JSON value as the Python type the tool was written for (dataclasses rebuilt, inside lists too)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Annotated, typing.Required, typing.NotRequired):
+        return _build(value, args[0])
+    if value is None:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if not _is_none(a)]
+        return _build(value, rest[0]) if len(rest) == 1 else value
+    if origin is list and isinstance(value, list):
+        return [_build(v, args[0]) for v in value]
+    if (_is_dataclass_type(annotation) or typing.is_typeddict(annotation)) and isinstance(value, dict):
+        hints = typing.get_type_hints(annotation, include_extras=True)
+        fields = {k: _build(v, hints[k]) if k in hints else v for k, v in value.items()}
+        return annotation(**fields) if _is_dataclass_type(annotation) else fields
+    return value
 
 
 # --- a set of tools, executed -------------------------------------------------------------------
@@ -285,7 +402,9 @@ class Toolbox:
         except ToolArgumentError as error:
             return tool_result(call, f"Error: {error}. Call the tool again with arguments that fit its schema.")
         try:
-            result = self.functions[call.name](**arguments)
+            fn = self.functions[call.name]
+            hints = typing.get_type_hints(fn, include_extras=True)
+            result = fn(**{k: _build(v, hints[k]) if k in hints else v for k, v in arguments.items()})
         except Exception as error:  # the tool failed: tell the model, do not crash the agent
             return tool_result(call, f"Error: {call.name} raised {type(error).__name__}: {error}")
         return tool_result(call, result if isinstance(result, str) else json.dumps(result, default=str))
