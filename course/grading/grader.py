@@ -22,7 +22,7 @@ import nbformat
 
 from . import exercises as ex
 from .judge import judge_checks
-from .kernel import check_memory_limit, execute_cells
+from .kernel import cell_label, check_memory_limit, execute_cells
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_SOLUTIONS = REPO / "solutions"
@@ -96,6 +96,12 @@ def _code_sources(nb) -> list[str]:
     return [ex.source(c) for c in nb.cells if c.get("cell_type") == "code"]
 
 
+def _code_ids(nb) -> list[str]:
+    """The code cells' ids, as a report may show them: a submission writes them, so only the
+    characters nbformat allows in an id, at most its 64 ("" where a cell has none)."""
+    return [re.sub(r"[^A-Za-z0-9_-]", "", str(c.get("id") or ""))[:64] for c in nb.cells if c.get("cell_type") == "code"]
+
+
 # --- grading ----------------------------------------------------------------------------------
 
 
@@ -138,15 +144,18 @@ def grade(submission: str | Path, *, solutions_dir: str | Path | None = None, ce
         return report
 
     with tempfile.TemporaryDirectory(prefix="course-grade-") as workdir:
+        ids = _code_ids(nb)
         run = execute_cells(_code_sources(nb), workdir, cell_timeout=cell_timeout, total_timeout=total_timeout,
-                            memory_limit=memory_limit)
+                            memory_limit=memory_limit, ids=ids)
         report.events = run.events
         results, problem = _run_checks(run.session, manifest, workdir, check_timeout)
         if problem:
             report.events.append(problem)
         if run.session is not None:
             run.session.stop()
-    report.exercises = [_result(e, *results.get(e.id, (False, "the check could not run"))) for e in manifest.exercises]
+    cut_short = _cut_short(run, ids)
+    report.exercises = [_result(e, *_noting(results.get(e.id, (False, "the check could not run")), cut_short))
+                        for e in manifest.exercises]
     report.seconds = time.perf_counter() - start
     return report
 
@@ -184,6 +193,26 @@ def _run_checks(session, manifest: ex.Manifest, workdir: str, check_timeout: flo
             results[e.id] = (ok, str(r.get("message", ""))[:4000] if isinstance(r, dict) else
                              f"checks did not finish ({outcome.error})", False)
     return {e.id: results.get(e.id, (False, why, e.id not in in_kernel)) for e in manifest.exercises}, problem
+
+
+def _cut_short(run, ids: list[str]) -> str:
+    """What of the notebook did not run ("" if it all ran)."""
+    said = []
+    if run.skipped:
+        said.append(f"the grader skipped {', '.join(cell_label(i, ids) for i in run.skipped)}")
+    if not run.finished:
+        said.append("the notebook did not run to its end")
+    return " and ".join(said)
+
+
+def _noting(result: tuple, cut_short: str) -> tuple:
+    """A failed check's result, its message saying what of the notebook did not run: what those
+    cells define was missing when the check ran, which may be why it failed."""
+    passed, message, *rest = result
+    if passed or not cut_short:
+        return result
+    return (passed, f"{message}\n({cut_short}, so what it defines was missing when the check ran; "
+                    "the report's notes say why)", *rest)
 
 
 def _result(exercise: ex.Exercise, passed: bool, message: str, judged: bool = True) -> ExerciseResult:
@@ -312,7 +341,7 @@ def verify_solution(solution: str | Path, *, cell_timeout: float = 300, total_ti
 
         start = time.perf_counter()
         run = execute_cells(_code_sources(nb), workdir, cell_timeout=cell_timeout, total_timeout=total_timeout,
-                            max_restarts=0, on_cell=probe)
+                            max_restarts=0, on_cell=probe, ids=_code_ids(nb))
         result.events.extend(run.events)
         if run.session is not None:
             run.session.stop()

@@ -7,7 +7,13 @@ An optional memory limit caps the kernel's address space, so a cell that allocat
 raises ``MemoryError`` (or torch's "can't allocate memory") in the kernel instead of exhausting
 the grading machine.
 :func:`execute_cells` builds on it: a cell that kills or wedges the kernel is skipped and the
-notebook re-run from a fresh kernel, so one bad cell costs only its own exercise.
+notebook re-run from a fresh kernel, so one bad cell costs only its own exercise. So is a cell
+whose time-limit interrupt landed inside an import: Python then drops only the module whose import
+raised, while the submodules it had finished (and, for torch, their operator registrations in C++)
+stay, so importing it again in that kernel fails with errors that have nothing to do with the
+learner's code ("partially initialized module 'torch'", "Only a single TORCH_LIBRARY can be used
+to register the namespace prims", "Trying to override a python impl"). In a fresh process nothing
+of it survives.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class Outcome:
     status: str  # "ok" | "error" | "timeout" | "dead"
     seconds: float
     error: str = ""
+    stdout: str = ""  # what the cell printed, at most OUTPUT_KEEP characters (read only for the grader's own cells)
 
 
 def kernel_env(extra: dict[str, str] | None = None, *, plots: bool = False) -> dict[str, str]:
@@ -87,6 +94,41 @@ def limit_address_space(pid: int, limit_bytes: int) -> None:
     """
     check_memory_limit(limit_bytes)
     resource.prlimit(pid, resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+
+#: Runs in the kernel after a time-limit interrupt and prints the import the KeyboardInterrupt was
+#: raised in. IPython keeps the last error's traceback in ``sys.last_traceback``; a frame running a
+#: module's top-level code (``<module>``) under a name other than the notebook's ``__main__`` is an
+#: import in progress (importlib hides its own frames from tracebacks, but not the module's), and so
+#: is a frame of importlib itself, should one be left. The outermost one names what was being
+#: imported. The record is then cleared, so a later interrupt is never judged by this one's
+#: traceback. It imports only ``sys`` (importing more in a half-imported kernel could itself fail).
+_INTERRUPTED_IMPORT_SOURCE = '''
+import sys
+
+
+def interrupted_import():
+    error, tb = getattr(sys, "last_value", None), getattr(sys, "last_traceback", None)
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+        if hasattr(sys, name):
+            delattr(sys, name)
+    if not isinstance(error, KeyboardInterrupt):
+        return ""
+    while tb is not None:
+        frame = tb.tb_frame
+        module = frame.f_globals.get("__name__")
+        if str(module).startswith("importlib._bootstrap"):
+            return str(frame.f_locals.get("name", module))
+        if frame.f_code.co_name == "<module>" and module not in (None, "__main__"):
+            return str(module)
+        tb = tb.tb_next
+    return ""
+
+
+print("course-interrupted-import:" + interrupted_import())
+'''
+#: the cell the grader runs: its own namespace, so none of the learner's names is added or replaced
+INTERRUPTED_IMPORT_PROBE = f"__import__('builtins').exec({_INTERRUPTED_IMPORT_SOURCE!r}, {{'__name__': '__course_interrupt_probe__'}})"
 
 
 class KernelSession:
@@ -147,10 +189,25 @@ class KernelSession:
             return Outcome("timeout", seconds, f"ran longer than the {int(timeout)} s limit")
         if errors:
             return Outcome("error", seconds, f"{errors[0].get('ename')}: {errors[0].get('evalue')}"[:OUTPUT_KEEP])
-        return Outcome("ok", seconds)
+        printed = "".join(o.get("text", "") for o in cell.outputs
+                          if o.get("output_type") == "stream" and o.get("name") == "stdout")
+        return Outcome("ok", seconds, stdout=printed[:OUTPUT_KEEP])
 
     def responsive(self, timeout: float = 10) -> bool:
         return self.run("pass", timeout).status == "ok"
+
+    def after_interrupt(self, timeout: float = 10) -> tuple[bool, str]:
+        """After a cell was interrupted at its time limit: ``(responsive, module)``, where ``module``
+        names the import the interrupt landed in ("" when it landed elsewhere).
+
+        The kernel answers, so a submission could lie; it gains nothing by it: either answer only
+        decides whether its own cell is skipped and the notebook re-run, never a verdict.
+        """
+        outcome = self.run(INTERRUPTED_IMPORT_PROBE, timeout)
+        if outcome.status in ("timeout", "dead"):
+            return False, ""
+        found = re.search(r"^course-interrupted-import:(.*)$", outcome.stdout, flags=re.MULTILINE)
+        return True, (found.group(1).strip()[:200] if found else "")
 
     def __enter__(self) -> "KernelSession":
         self.start()
@@ -165,20 +222,37 @@ class Execution:
     session: KernelSession | None
     events: list[str] = field(default_factory=list)  # one line per cell that went wrong
     skipped: list[int] = field(default_factory=list)
+    #: why each skipped cell was skipped, the event line that says so (cell index -> line)
+    skip_reasons: dict[int, str] = field(default_factory=dict)
     finished: bool = True
     seconds: float = 0.0
 
 
+def cell_label(i: int, ids: list[str] | None) -> str:
+    """How a report names code cell ``i``: its index among the code cells and, if known, its id."""
+    cell_id = ids[i] if ids is not None and i < len(ids) else None
+    return f"cell {i} (id {cell_id})" if cell_id else f"cell {i}"
+
+
 def execute_cells(sources: list[str], cwd: str, *, cell_timeout: float, total_timeout: float,
                   max_restarts: int = 3, env: dict[str, str] | None = None, on_cell=None,
-                  memory_limit: int | None = None) -> Execution:
+                  memory_limit: int | None = None, ids: list[str] | None = None) -> Execution:
     """Run ``sources`` in order in a fresh kernel, recovering from cells that kill or wedge it.
 
     Returns the live session (for running checks afterwards) and what went wrong. ``on_cell(i,
     session, outcome)`` is called after each cell (the meta-test uses it to probe exercises).
+    ``ids`` (the cells' notebook ids, optional) name the cells in the events beside their index.
+
+    A cell past its time limit is interrupted. It is skipped and the notebook re-run from a fresh
+    kernel (at most ``max_restarts`` times) when the kernel then does not answer, or when the
+    interrupt landed inside an import, which leaves that kernel's modules half-imported; otherwise
+    the run goes on in the same kernel. A cell that kills the kernel is skipped the same way.
     """
+    if ids is not None and len(ids) != len(sources):
+        raise ValueError(f"ids: expected one per cell ({len(sources)}), got {len(ids)}")
     start = time.perf_counter()
     skip: set[int] = set()
+    reasons: dict[int, str] = {}
     restarts: list[str] = []  # why earlier attempts were abandoned
     for _attempt in range(max_restarts + 1):
         session = KernelSession(cwd, env=env, memory_limit=memory_limit)
@@ -195,19 +269,27 @@ def execute_cells(sources: list[str], cwd: str, *, cell_timeout: float, total_ti
                 finished = False
                 break
             outcome = session.run(code, min(cell_timeout, remaining))
+            cell = cell_label(i, ids)
             if outcome.status == "error":
-                events.append(f"cell {i} raised {outcome.error}")
+                events.append(f"{cell} raised {outcome.error}")
             elif outcome.status == "timeout":
-                events.append(f"cell {i} {outcome.error}; it was interrupted")
-                if not session.responsive():
-                    events.append(f"cell {i} left the kernel unresponsive; it is skipped and the notebook re-run")
-                    skip.add(i)
+                responsive, module = session.after_interrupt()
+                if not responsive:
+                    events.append(f"{cell} {outcome.error} and was interrupted, but it left the kernel unresponsive; "
+                                  "it is skipped and the notebook re-run in a fresh kernel")
                     restart = True
+                elif module:
+                    events.append(f"{cell} {outcome.error} and was interrupted inside the import of {module}, which "
+                                  "leaves modules half-imported; it is skipped and the notebook re-run in a fresh kernel")
+                    restart = True
+                else:
+                    events.append(f"{cell} {outcome.error}; it was interrupted")
             elif outcome.status == "dead":
-                events.append(f"cell {i}: {outcome.error}; it is skipped and the notebook re-run")
-                skip.add(i)
+                events.append(f"{cell}: {outcome.error}; it is skipped and the notebook re-run in a fresh kernel")
                 restart = True
             if restart:
+                skip.add(i)
+                reasons[i] = events[-1]
                 restarts.append(events[-1])
                 session.stop()
                 break
@@ -215,6 +297,6 @@ def execute_cells(sources: list[str], cwd: str, *, cell_timeout: float, total_ti
                 on_cell(i, session, outcome)
         if not restart:
             kept = [e for e in events if e not in restarts]
-            return Execution(session, restarts + kept, sorted(skip), finished, time.perf_counter() - start)
-    return Execution(None, restarts + [f"gave up after {max_restarts} kernel restarts"], sorted(skip), False,
+            return Execution(session, restarts + kept, sorted(skip), reasons, finished, time.perf_counter() - start)
+    return Execution(None, restarts + [f"gave up after {max_restarts} kernel restarts"], sorted(skip), reasons, False,
                      time.perf_counter() - start)
