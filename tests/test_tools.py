@@ -8,7 +8,9 @@ import copy
 import inspect
 import json
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, NotRequired, Optional, TypedDict
+import sys
+import typing
+from typing import Annotated, Literal, Optional, TypedDict
 
 import pytest
 
@@ -134,10 +136,21 @@ class Item:
     size: Literal["S", "M", "L"] | None = None
 
 
-class Address(TypedDict):
+class _Street(TypedDict):
     street: str
     city: str
-    floor: NotRequired[int]
+
+
+class Address(_Street, total=False):
+    floor: int
+
+
+NotRequired = getattr(typing, "NotRequired", None)  # Python 3.11+
+
+
+class Parcel(TypedDict):
+    weight: float
+    note: NotRequired[str]
 
 
 @dataclass
@@ -167,6 +180,15 @@ def test_a_dataclass_and_a_typeddict_become_nested_object_schemas():
                                 "required": ["street", "city"], "additionalProperties": False}
     assert props["gift"] == {**item, "type": ["object", "null"], "default": None}
     json.dumps(ORDER)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="typing.NotRequired is Python 3.11+")
+def test_a_typeddict_key_marked_not_required_is_optional_even_in_a_string_annotation():
+    def send(parcel: Parcel) -> None:
+        """Send a parcel."""
+
+    parcel = tools.tool_schema(send)["function"]["parameters"]["properties"]["parcel"]
+    assert parcel["required"] == ["weight"] and parcel["properties"]["note"] == {"type": "string"}
 
 
 def test_a_recursive_dataclass_is_refused_with_the_reason():

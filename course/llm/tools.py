@@ -45,6 +45,8 @@ from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 from .chat import Message, ToolCall, tool_result
 
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+# TypedDict key markers (Python 3.11+; the course runs 3.11, the package allows 3.10, which has none)
+_REQUIRED, _NOT_REQUIRED = getattr(typing, "Required", object()), getattr(typing, "NotRequired", object())
 _PY_NAMES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "array": "list",
              "object": "dict", "null": "None"}
 _SECTION = re.compile(r"^(Args|Arguments|Parameters|Returns|Return|Raises|Yields|Examples?|Notes?):\s*$")
@@ -129,7 +131,7 @@ def _object_schema(cls: type, where: str, seen: tuple[type, ...]) -> dict:
         for key, hint in hints.items():
             properties[key] = _type_schema(hint, f"{where}.{key}", seen + (cls,))
             marker = typing.get_origin(hint)
-            if marker is typing.Required or (marker is not typing.NotRequired and key in cls.__required_keys__):
+            if marker is _REQUIRED or (marker is not _NOT_REQUIRED and key in cls.__required_keys__):
                 required.append(key)
     schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
     description = _own_docstring(cls)
@@ -143,7 +145,7 @@ def _type_schema(annotation: Any, where: str, seen: tuple[type, ...] = ()) -> di
         schema = _type_schema(args[0], where, seen)
         notes = [a for a in args[1:] if isinstance(a, str)]
         return {**schema, "description": " ".join(notes)} if notes else schema
-    if origin in (typing.Required, typing.NotRequired):  # a TypedDict key's marker; required is read elsewhere
+    if origin in (_REQUIRED, _NOT_REQUIRED):  # a TypedDict key's marker; whether it is required is read elsewhere
         return _type_schema(args[0], where, seen)
     if _is_dataclass_type(annotation) or typing.is_typeddict(annotation):
         return _object_schema(annotation, where, seen)
@@ -342,7 +344,7 @@ def validate_value(schema: Mapping, value: Any, *, name: str = "value") -> Any:
 def _build(value: Any, annotation: Any) -> Any:
     """A checked JSON value as the Python type the tool was written for (dataclasses rebuilt, inside lists too)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Annotated, typing.Required, typing.NotRequired):
+    if origin in (typing.Annotated, _REQUIRED, _NOT_REQUIRED):
         return _build(value, args[0])
     if value is None:
         return None
