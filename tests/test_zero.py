@@ -91,6 +91,25 @@ def test_batch_slices_the_global_batch_and_validates_the_world_size():
         check.batch(0, 0, 5)
 
 
+@pytest.mark.parametrize("world", [2, 4, 8, 32])
+def test_data_parallel_ranks_accepts_two_or_more_ranks_that_split_the_batch(world):
+    assert check.data_parallel_ranks(world) == world
+
+
+def test_data_parallel_ranks_names_the_two_rank_minimum_for_one_rank():
+    with pytest.raises(ValueError, match=r"notebook 06 needs at least 2 ranks; got 1: .*--nproc-per-node 2"):
+        check.data_parallel_ranks(1)
+    with pytest.raises(ValueError, match="at least 2 ranks; got 0"):
+        check.data_parallel_ranks(0)
+
+
+@pytest.mark.parametrize("world, match", [(3, r"divides its global batch of 32 rows.*\[2, 4, 8, 16, 32\]; got 3"),
+                                          (True, "whole number of ranks; got True"), (2.0, "whole number")])
+def test_data_parallel_ranks_refuses_what_the_notebook_cannot_run_on(world, match):
+    with pytest.raises(ValueError, match=match):
+        check.data_parallel_ranks(world)
+
+
 def test_model_has_the_documented_size():
     assert sum(p.numel() for p in check.tiny_mlp().parameters()) == 6922
 

@@ -30,6 +30,29 @@ BETAS, EPS = (0.9, 0.999), 1e-8
 # --- what the notebook and the checks share -----------------------------------------------------
 
 
+def data_parallel_ranks(world) -> int:
+    """``world``, the number of ranks the notebook was started with, if notebook 06 can run on it.
+
+    ZeRO partitions model states over N >= 2 data-parallel ranks (with one there is nothing to
+    partition or send, and the traffic in units of N/(N-1) divides by zero), and each rank trains on
+    an equal slice of the 32-row global batch. Called where the notebook reads its world size, so that
+    ``torchrun --nproc-per-node 1`` stops there with the rule instead of deep inside a cell.
+    """
+    if isinstance(world, bool) or not isinstance(world, int):
+        raise ValueError(f"notebook 06 needs a whole number of ranks; got {world!r}")
+    if world < 2:
+        raise ValueError(
+            f"notebook 06 needs at least 2 ranks; got {world}: ZeRO partitions the model states over N >= 2 "
+            "data-parallel ranks (with one there is nothing to partition or send). Start torchrun with "
+            "--nproc-per-node 2 or more (on a machine with fewer GPUs than ranks they run on gloo, on the CPU), "
+            "or run the notebook without torchrun for 4 local ranks")
+    if GLOBAL_BATCH % world:
+        divisors = [n for n in range(2, GLOBAL_BATCH + 1) if GLOBAL_BATCH % n == 0]
+        raise ValueError(f"notebook 06 needs a number of ranks that divides its global batch of {GLOBAL_BATCH} rows "
+                         f"(each rank trains on an equal slice): one of {divisors}; got {world}")
+    return world
+
+
 def _device(device) -> torch.device:
     """``device``, or this rank's device (:func:`course.dist.device`: a GPU on NCCL, else the CPU)."""
     return dist.device() if device is None else torch.device(device)
