@@ -157,3 +157,36 @@ def test_town_rules():
     assert town.clock(17 * 60 + 5) == "17:05"
     plans = [sum(e - s for s, e, _, _ in r.plan) for r in town.RESIDENTS]
     assert plans == [13] * len(town.RESIDENTS)  # every plan covers 07:00-20:00
+
+
+def verdict(rows, a, b, *, touching_separates=False, filter_rows=True, **point):
+    picked = [r for r in rows if not filter_rows or all(r.get(key) == value for key, value in point.items())]
+    accuracy = {agent: [float(r["accuracy"]) for r in picked if r["agent"] == agent] for agent in (a, b)}
+    if not accuracy[a] or not accuracy[b]:
+        raise ValueError("no rows")
+    above = (lambda x, y: x >= y) if touching_separates else (lambda x, y: x > y)
+    if above(min(accuracy[a]), max(accuracy[b])):
+        return a
+    if above(min(accuracy[b]), max(accuracy[a])):
+        return b
+    return "within noise"
+
+
+def test_verdict_passes_and_rejects_touching_ranges_means_and_unfiltered_rows():
+    check.verdict(verdict)
+    assert passed()
+    check.verdict(stub)
+    assert not passed()
+    check.verdict(lambda *a, **k: verdict(*a, **k, touching_separates=True))
+    assert not passed() and "touching ranges" in RESULTS[-1].message
+    check.verdict(lambda *a, **k: verdict(*a, **k, filter_rows=False))
+    assert not passed() and "match every key" in RESULTS[-1].message
+
+    def by_mean(rows, a, b, **point):      # compares means: says "a" where the seeds' ranges overlap
+        picked = [r for r in rows if all(r.get(key) == value for key, value in point.items())]
+        mean = {x: sum(r["accuracy"] for r in picked if r["agent"] == x) / max(1, sum(r["agent"] == x for r in picked))
+                for x in (a, b)}
+        return a if mean[a] > mean[b] else b
+
+    check.verdict(by_mean)
+    assert not passed()

@@ -1,13 +1,15 @@
 """Checks for notebook 13 (Generative Agents): retrieval scoring, retrieval with access updates,
-reflection with evidence pointers, and recursive plan decomposition."""
+reflection with evidence pointers, recursive plan decomposition, and a verdict over seeds that the
+seeds' spread allows (on the simulated-memory table)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
-from .. import llm
+from .. import bench, llm
 from .core import CheckFailed, assert_close, check, require
 
 
@@ -188,3 +190,61 @@ def decompose(fn):
             continue
         raise CheckFailed(f"a plan with {why} should raise ValueError")
     return "two activities, hour blocks, a full day, gap, overlap, bad step"
+
+
+# --- 13.5 -----------------------------------------------------------------------------------------
+
+MEMORY_CSV = Path(__file__).resolve().parents[1] / "results" / "generative_agents_memory.csv"
+
+
+def _reference_verdict(rows, a, b, point):
+    picked = [r for r in rows if all(r.get(key) == value for key, value in point.items())]
+    per = {agent: [float(r["accuracy"]) for r in picked if r["agent"] == agent] for agent in (a, b)}
+    if not per[a] or not per[b]:
+        raise ValueError(f"no rows for {a!r} and {b!r} at {point}")
+    if min(per[a]) > max(per[b]):
+        return a
+    if min(per[b]) > max(per[a]):
+        return b
+    return "within noise"
+
+
+def _rows(point, values):
+    return [{**point, "agent": agent, "seed": seed, "accuracy": v}
+            for agent, vs in values.items() for seed, v in enumerate(vs)]
+
+
+@check
+def verdict(fn):
+    """``fn(rows, a, b, **point)``: a, b or "within noise", from the rows matching point, by the seeds' ranges."""
+    require(callable(fn), f"verdict must be a function, got {type(fn).__name__}")
+    at_k1, at_k3 = {"sweep": "k", "value": 1}, {"sweep": "k", "value": 3}
+    rows = (_rows(at_k1, {"stream": [0.60, 0.55, 0.58], "window": [0.10, 0.20, 0.15]})
+            + _rows(at_k3, {"stream": [0.70, 0.80, 0.75], "window": [0.78, 0.90, 0.85]}))
+    cases = [(("stream", "window"), at_k1, "stream", "every seed of the stream above every seed of the window"),
+             (("window", "stream"), at_k1, "stream", "the same, with the agents named the other way round"),
+             (("stream", "window"), at_k3, "within noise", "ranges 0.70-0.80 and 0.78-0.90 overlap"),
+             (("a", "b"), {"sweep": "x", "value": 0},
+              "within noise", "min of a (0.5) equals max of b (0.5): touching ranges are not separated"),
+             (("a", "b"), {"sweep": "x", "value": 1}, "b", "every seed of b above every seed of a")]
+    rows += _rows({"sweep": "x", "value": 0}, {"a": [0.5, 0.6], "b": [0.4, 0.5]})
+    rows += _rows({"sweep": "x", "value": 1}, {"a": [0.2, 0.3], "b": [0.31, 0.4]})
+    for (a, b), point, want, why in cases:
+        got = fn(rows, a, b, **point)
+        require(got == want, f"verdict(rows, {a!r}, {b!r}, **{point}): expected {want!r} ({why}), got {got!r}"
+                "\n  hint: use only the rows whose fields match every key of point; a wins only when its lowest "
+                "seed is above the other's highest")
+    try:
+        fn(rows, "stream", "oracle", sweep="k", value=1)
+    except ValueError:
+        pass
+    else:
+        raise CheckFailed("an agent with no rows at that point (here 'oracle') should raise ValueError, "
+                          "not return a verdict from nothing")
+    real, _ = bench.load_csv(MEMORY_CSV)
+    for point in ({"sweep": "k", "value": 1}, {"sweep": "importance_noise", "value": 1.0},
+                  {"sweep": "distractors", "value": 0.6}):
+        want = _reference_verdict(real, "memory stream", "relevance only", point)
+        got = fn(real, "memory stream", "relevance only", **point)
+        require(got == want, f"on the committed table at {point}: expected {want!r}, got {got!r}")
+    return "win, loss, overlap, touching ranges, filtering by point, no rows, 3 points of the committed table"

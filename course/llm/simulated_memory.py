@@ -39,8 +39,9 @@ What this measures is the retrieval mechanism (how often the fact reaches the re
 not any language model: the rates are inputs.
 
 What it shows, in one line each: a k-window forgets what is not recent; importance helps retrieval
-only while the ratings are nearly right; a reflection can only copy what it retrieved, so it carries
-a misreading or a rumour forward as readily as a fact.
+where similarity search fails (few memories retrieved, many look-alike distractors) and only while
+the ratings are mostly right, random ratings make it hurt; a reflection can only copy what it
+retrieved, so it carries a misreading or a rumour forward as readily as a fact.
 """
 
 from __future__ import annotations
