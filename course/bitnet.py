@@ -29,7 +29,8 @@ import triton
 import triton.language as tl
 
 from . import runtime
-from .lora import configs_measured_fit, launch_is_aligned, m_bucket  # shared with the LoRA kernel: one rule for both
+from .lora import (arch_candidates, configs_measured_fit, launch_is_aligned, m_bucket,  # shared with the LoRA
+                   refuse_if_no_config_compiles)  # kernel: one rule for both
 
 PER_WORD = 16  # 2-bit codes per int32
 PER_BYTE = 5  # trits per byte in base-3 packing: 3**5 = 243 <= 256
@@ -259,6 +260,16 @@ def _gpu_configs() -> list:
             for bm, bn, bk, w, s in GPU_SHAPES]
 
 
+# sm_75 (Turing, a free Colab T4): Triton compiles tl.dot below sm_80 on the FMA path (no int8 mma;
+# see course.lora.TURING_SHAPES), so it gets small tiles with 2 stages, disjoint from the list above.
+TURING_SHAPES = [(16, 64, 128, 4, 2), (32, 64, 64, 4, 2)]
+
+
+def _turing_configs() -> list:
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s in TURING_SHAPES]
+
+
 def bitnet_variant(even_k: bool, aligned: bool) -> str:
     """The specialization a measurement stands for: K a multiple of BLOCK_K or not; operands aligned or not."""
     return f"even_k={bool(even_k)},{'aligned' if aligned else 'unaligned'}"
@@ -267,7 +278,13 @@ def bitnet_variant(even_k: bool, aligned: bool) -> str:
 def _prune(configs, named_args, **kwargs):
     """Keep the configs measured to compile without spills and within shared memory on this GPU."""
     k, aligned = named_args["K"], launch_is_aligned("bitnet", named_args)
-    return configs_measured_fit("bitnet", configs, lambda c: bitnet_variant(k % c.kwargs["BLOCK_K"] == 0, aligned))
+    configs = arch_candidates(configs, _turing_configs())
+
+    def variant_of(c):
+        return bitnet_variant(k % c.kwargs["BLOCK_K"] == 0, aligned)
+
+    refuse_if_no_config_compiles("bitnet", configs, variant_of)  # sm_75: no int8 tl.dot in Triton 3.9
+    return configs_measured_fit("bitnet", configs, variant_of)
 
 
 _autotuned = None
@@ -305,8 +322,8 @@ def _tuned():
     global _autotuned
     if _autotuned is None:
         even_k = triton.heuristics({"EVEN_K": lambda a: a["K"] % a["BLOCK_K"] == 0})(_ternary_matmul_kernel)
-        _autotuned = triton.autotune(_gpu_configs(), key=TUNE_KEY, prune_configs_by={"early_config_prune": _prune})(
-            even_k)
+        _autotuned = triton.autotune(_gpu_configs() + _turing_configs(), key=TUNE_KEY,
+                                     prune_configs_by={"early_config_prune": _prune})(even_k)
     return _autotuned
 
 

@@ -61,6 +61,30 @@ DKDV_GPU_CONFIGS = [BlockConfig(32, 128, 8, 3), BlockConfig(64, 128, 8, 3), Bloc
 DQ_GPU_CONFIGS = [BlockConfig(128, 32, 4, 3), BlockConfig(128, 64, 8, 3), BlockConfig(64, 64, 4, 3),
                   BlockConfig(64, 32, 4, 3), BlockConfig(128, 32, 8, 3), BlockConfig(64, 64, 8, 3)]
 GPU_CONFIGS = {"fwd": FWD_GPU_CONFIGS, "dkdv": DKDV_GPU_CONFIGS, "dq": DQ_GPU_CONFIGS}
+
+# --- sm_75 (Turing: a free Colab T4) gets its own short lists ------------------------------------
+# Triton (3.9, measured with course.gpu_compile) compiles tl.dot for sm_75 without tensor cores: its
+# AccelerateMatmul pass refuses MMA below sm_80 ("deprecated ... falls back to the FMA path"), so
+# the PTX has fma.rn.f32 and no mma.sync, fp16 operands converted to fp32. Every operand tile then
+# lives in registers: at d = 128 even fwd 64x32 (8 warps) spills 2.5 KB, and 3 stages of the tiles
+# above overflow sm_75's 64 KiB of shared memory (fwd 128x64, 8 warps: 96 KiB). So: 16-row tiles
+# (8 warps where the kernel holds 3-4 tiles of d columns), 2 stages; which compile cleanly per head
+# dim is in CONFIG_TABLE (arch 75, fp16: a T4 has no bf16), with the tiles tried and dropped.
+TURING_CONFIGS = {"fwd": [BlockConfig(64, 32, 8, 2), BlockConfig(16, 32, 4, 2)],
+                  "dkdv": [BlockConfig(16, 16, 8, 2), BlockConfig(16, 32, 4, 2)],
+                  "dq": [BlockConfig(16, 16, 8, 2), BlockConfig(16, 32, 4, 2)]}
+TURING_ARCHS = (75,)  # the pre-Ampere archs CONFIG_TABLE covers
+
+
+def _pre_ampere(arch: int | None) -> bool:
+    """Below sm_80 Triton's tl.dot takes the FMA path (no tensor cores): the TURING_CONFIGS candidates."""
+    return arch is not None and int(arch) < 80
+
+
+def candidate_configs(kind: str, arch: int | None) -> list[BlockConfig]:
+    """The configs the autotuner may try on ``sm_<arch>``: TURING_CONFIGS below sm_80, GPU_CONFIGS otherwise."""
+    _check_kind(kind)
+    return list(TURING_CONFIGS[kind] if _pre_ampere(arch) else GPU_CONFIGS[kind])
 _TUNE_KEY = ["N_Q", "N_K", "HEAD_DIM", "CAUSAL"]
 
 
@@ -112,18 +136,24 @@ def kept_configs(kind: str, configs: list[BlockConfig], *, arch: int | None, hea
     """The configs worth autotuning on ``sm_<arch>`` at this head dim: those the compile table says
     compile with no spills and shared memory within the limit (in every variant compiled).
 
-    Where the table has no verdict for a config (an architecture other than sm_80/sm_90, head dim 16
-    or 32, or a config added after the table was made) the sm_90 rule :func:`spills_on_sm90`
+    Where the table has no verdict for a config (an architecture other than sm_75/sm_80/sm_90, head
+    dim 16 or 32, or a config added after the table was made) the sm_90 rule :func:`spills_on_sm90`
     decides: it is the only measurement there is, and Triton itself drops a config whose shared
-    memory does not fit when it launches it. If nothing is kept, all configs are returned (the
-    autotuner needs at least one; a spilling kernel is slow, not wrong).
+    memory does not fit when it launches it. Below sm_80 (FMA path, see :data:`TURING_CONFIGS`) that
+    rule means nothing: there an unmeasured config is kept only if it is one of the small Turing
+    candidates. If nothing is kept, all configs are returned (the autotuner needs at least one; a
+    spilling kernel is slow, not wrong).
     """
     _check_kind(kind)
     verdicts = {} if arch is None else _table(str(table)).get((int(arch), kind, int(head_dim)), {})
 
     def keep(c):
         name = config_name(c)
-        return verdicts[name] if name in verdicts else not spills_on_sm90(kind, c, head_dim)
+        if name in verdicts:
+            return verdicts[name]
+        if _pre_ampere(arch):
+            return c in TURING_CONFIGS[kind]
+        return not spills_on_sm90(kind, c, head_dim)
 
     return [c for c in configs if keep(c)] or list(configs)
 
@@ -145,13 +175,16 @@ def _as_block(c) -> BlockConfig:
 def _pruner(kind: str, arch: int | None = None, *, from_device: bool = False):
     """``prune_configs_by`` for ``triton.autotune``: :func:`kept_configs` for the launch's head dim on
     ``sm_<arch>``, or on the running device's arch with ``from_device`` (what the GPU path uses);
-    with neither, the sm_90 rule alone."""
+    with neither, the sm_90 rule alone. Only the arch's candidates (:func:`candidate_configs`) are
+    considered: the Turing tiles on sm_75, the others on sm_80 and up."""
     _check_kind(kind)
 
     def prune(configs, named_args, **kwargs):
         head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM", 64))
-        keep = kept_configs(kind, [_as_block(c) for c in configs], arch=device_arch() if from_device else arch,
-                            head_dim=head_dim)
+        target = device_arch() if from_device else arch
+        candidates = candidate_configs(kind, target)
+        blocks = [_as_block(c) for c in configs]
+        keep = kept_configs(kind, [b for b in blocks if b in candidates] or blocks, arch=target, head_dim=head_dim)
         return [c for c in configs if _as_block(c) in keep]
 
     return {"early_config_prune": prune}
@@ -163,8 +196,10 @@ def _triton_configs(configs: list[BlockConfig]) -> list:
 
 
 def _tuned(kind: str, kernel):
-    """``kernel`` autotuned over ``GPU_CONFIGS[kind]``, pruned for the running GPU's arch at launch."""
-    return triton.autotune(_triton_configs(GPU_CONFIGS[kind]), key=_TUNE_KEY,
+    """``kernel`` autotuned over ``GPU_CONFIGS[kind]`` and ``TURING_CONFIGS[kind]``, pruned for the
+    running GPU's arch at launch (each arch keeps only its own candidates)."""
+    configs = GPU_CONFIGS[kind] + [c for c in TURING_CONFIGS[kind] if c not in GPU_CONFIGS[kind]]
+    return triton.autotune(_triton_configs(configs), key=_TUNE_KEY,
                            prune_configs_by=_pruner(kind, from_device=True))(kernel)
 
 

@@ -7,6 +7,13 @@ code uses tensor-core instructions (``mma``/``wgmma``). It works where kernels r
 interpreter (``TRITON_INTERPRET=1``): the kernel and the ``@triton.jit`` helpers it calls are rebuilt
 as compilable functions for the duration of the call. CI uses it (``tests/test_gpu_compile.py``) to fail
 on compile errors, spills and shared memory over the limit; notebooks can show it to learners.
+
+On sm_75 (Turing, a free Colab T4) this Triton has no tensor-core path: its matmul pass refuses MMA
+below sm_80 ("Dot op using MMA for compute capability 75 has been deprecated. It falls back to the
+FMA path."), so ``tl.dot`` on fp16, int8 or fp32 compiles to ``fma`` instructions (``has_mma`` is
+False; measured with Triton 3.9.0: fp16 32x32x32 gives ``fma.rn.f32`` and no ``mma.sync``, the same
+tile for sm_80 gives ``mma.sync.aligned.m16n8k16``). The T4's hardware has fp16 tensor cores; Triton
+does not use them.
 """
 
 from __future__ import annotations

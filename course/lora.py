@@ -261,6 +261,19 @@ def _gpu_configs() -> list:
             for bm, bn, bk, w, s in shapes]
 
 
+# sm_75 (Turing, a free Colab T4): Triton compiles tl.dot there without tensor cores (its matmul pass
+# refuses MMA below sm_80 and takes the FMA path; measured: fma.rn.f32, no mma.sync, in the PTX), so
+# every operand tile lives in registers and the tiles above spill or, with 3-4 stages, overflow
+# sm_75's 64 KiB of shared memory. Small tiles, 2 stages; course/results/kernel_configs_lora_bitnet.csv
+# says which compile cleanly there. Disjoint from the list above (2 stages), so a config says its arch.
+TURING_SHAPES = [(32, 64, 32, 4, 2), (16, 64, 64, 4, 2)]
+
+
+def _turing_configs() -> list:
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s in TURING_SHAPES]
+
+
 _autotuned = None
 CPU_BLOCKS = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}  # small tiles: the interpreter is slow
 TUNE_KEY = ["M_BUCKET", "N", "K", "R", "MULTI"]
@@ -304,6 +317,34 @@ def measured_fits() -> dict:
             for r in rows}
 
 
+@functools.lru_cache(maxsize=1)
+def measured_compile_errors() -> dict:
+    """``{(kernel, arch, variant, config name): error}`` for the measured configs that did not compile."""
+    from . import bench
+
+    if not KERNEL_CONFIGS_CSV.exists():
+        return {}
+    rows, _ = bench.load_csv(KERNEL_CONFIGS_CSV)
+    return {(r["kernel"], int(r["arch"]), str(r["variant"]), r["config"]): str(r["error"])
+            for r in rows if r.get("error")}
+
+
+def refuse_if_no_config_compiles(kernel: str, configs: list, variant_of, arch: int | None = None) -> None:
+    """Raise a clear error when every config was measured not to compile for ``arch`` (default: this GPU's).
+
+    Pruning cannot help then, and Triton's own message ("PassManager::run failed") does not say why.
+    Measured: Triton 3.9 cannot compile an int8 ``tl.dot`` for sm_75 at all (its FMA fallback applies
+    a float extension to the int8 operands), so the ternary kernel has no config on a T4.
+    """
+    arch = device_arch() if arch is None else arch
+    errors = measured_compile_errors()
+    found = [errors.get((kernel, arch, variant_of(c), config_name(c))) for c in configs]
+    if found and all(found):
+        raise RuntimeError(f"the {kernel} kernel does not compile for sm_{arch} with Triton {triton.__version__}: "
+                           f"all {len(found)} configs failed ({found[0]}; see {KERNEL_CONFIGS_CSV.name}). "
+                           "Run it on sm_80 or newer, or on the CPU (the Triton interpreter).")
+
+
 def device_arch() -> int | None:
     """Compute capability of the current CUDA device as ``10 * major + minor`` (90 on an H100), or None."""
     if not torch.cuda.is_available():
@@ -312,13 +353,25 @@ def device_arch() -> int | None:
     return 10 * major + minor
 
 
+def arch_candidates(configs: list, turing: list, arch: int | None = None) -> list:
+    """The configs the autotuner may try on ``sm_<arch>`` (default: this GPU's): below sm_80 only those
+    named in ``turing`` (Triton's FMA path needs small tiles), at sm_80 and up (or with no GPU) only
+    the others. If none of ``configs`` is a candidate for the arch, all of them."""
+    arch = device_arch() if arch is None else arch
+    pre_ampere = arch is not None and int(arch) < 80
+    names = {config_name(c) for c in turing}
+    return [c for c in configs if (config_name(c) in names) == pre_ampere] or list(configs)
+
+
 def configs_measured_fit(kernel: str, configs: list, variant_of, arch: int | None = None) -> list:
     """The configs that compiled for ``arch`` (default: this GPU's) with no spill and shared memory in limit.
 
     ``variant_of(config)`` names the specialization measured (dtype, rank, masks). A config with no
-    measurement for this arch and variant (an arch the script did not compile for, such as sm_75 or
-    sm_89, or a new config) is kept: without a measurement the autotuner is the judge, and it drops
-    configs that fail to launch. If every measured config failed, all are kept rather than none.
+    measurement for this arch and variant (an arch the script did not compile for, such as sm_86 or
+    sm_89, a variant it did not compile, or a new config) is kept: without a measurement the
+    autotuner is the judge, and it drops configs that fail to launch. If every measured config
+    failed, all are kept rather than none. Which configs are candidates on an arch at all (the
+    Turing tiles below sm_80) is :func:`arch_candidates`, applied first by the launchers' pruners.
     """
     arch = device_arch() if arch is None else arch
     fits = measured_fits()
@@ -360,14 +413,14 @@ def _prune(configs, named_args, **kwargs):
     """Per-arch pruning: keep what was measured to compile without spills on this GPU (see above)."""
     variant = lora_variant(named_args["x_ptr"].dtype, kwargs["MULTI"], kwargs["BLOCK_R"],
                            launch_is_aligned("lora", named_args))
-    return configs_measured_fit("lora", configs, lambda c: variant)
+    return configs_measured_fit("lora", arch_candidates(configs, _turing_configs()), lambda c: variant)
 
 
 def _tuned():
-    """The autotuned kernel, built on first use: keyed on M's bucket, pruned per arch."""
+    """The autotuned kernel, built on first use: keyed on M's bucket, pruned per arch (sm_75: its own tiles)."""
     global _autotuned
     if _autotuned is None:
-        _autotuned = triton.autotune(_gpu_configs(), key=TUNE_KEY,
+        _autotuned = triton.autotune(_gpu_configs() + _turing_configs(), key=TUNE_KEY,
                                      prune_configs_by={"early_config_prune": _prune})(_lora_fused_kernel)
     return _autotuned
 

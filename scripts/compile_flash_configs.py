@@ -2,6 +2,7 @@
 
     python scripts/compile_flash_configs.py                 # the full grid (sm_90, then sm_80), resumable
     python scripts/compile_flash_configs.py --arch 90       # one architecture
+    python scripts/compile_flash_configs.py --arch 75 --dtype float16 --causal true   # sm_75 (T4) as committed
     python scripts/compile_flash_configs.py --ladder        # the ladder's rungs -> flash_ladder_compile.csv
 
 For each kernel of the GPU path (forward, dK/dV, dQ), each config in ``FWD/DKDV/DQ_GPU_CONFIGS``,
@@ -11,7 +12,15 @@ and records registers per thread, spilled bytes, shared memory per block and the
 instruction. ``course.flash_configs`` reads the table at launch and keeps, for the running GPU's
 architecture, only the configs that compiled with no spills and shared memory within the limit.
 
-Compiling is slow on a CPU (measured on 2 shared cores: ~2 s a config for sm_90, ~20 s for sm_80),
+sm_75 (Turing, a free Colab T4) compiles its own candidates, ``flash_configs.TURING_CONFIGS``, in
+fp16 (a T4 has no bf16) and, as committed, causal only (a budget of compiles: causal adds masking
+to the same tiles). Triton takes the FMA path there (no tensor cores): operand tiles live in
+registers, so tiles smaller than the sm_80+ ones already spill (fwd 64x32, 8 warps, d = 128: 2.5 KB)
+and 3 stages of the larger ones overflow 64 KiB (fwd 128x64, 8 warps: 96 KiB). The table also keeps the sm_75 rows of tiles tried and dropped from the
+candidates (they spill at d = 128: the reason the list is what it is); only candidates are judged.
+
+Compiling is slow on a CPU (measured on 2 shared cores: ~2 s a config for sm_90, ~20 s for sm_80,
+10-60 s for sm_75's small tiles),
 so rows are written as they come and a rerun skips the rows already in the CSV (``--fresh`` to
 start over). Rows record the Triton version; the CSV header records the date and machine.
 """
@@ -32,13 +41,16 @@ KEY = ("arch", "kernel", "config", "head_dim", "dtype", "causal")
 def grid(archs, head_dims, dtypes, causals):
     """(arch, kernel, BlockConfig, head_dim, dtype, causal), most telling first (an interrupted run
     still has them): bf16 (the bar's dtype) before fp16, causal before not, both head dims and both
-    archs before the next (dtype, causal) pair."""
+    archs before the next (dtype, causal) pair. sm_75 compiles its own candidates
+    (``flash_configs.TURING_CONFIGS``) and fp16 only: a T4 has no bf16."""
     for dtype in dtypes:
         for causal in causals:
             for head_dim in head_dims:
                 for arch in archs:
-                    for kernel, configs in flash_configs.GPU_CONFIGS.items():
-                        for config in configs:
+                    if arch in flash_configs.TURING_ARCHS and dtype == "bfloat16":
+                        continue
+                    for kernel in flash_configs.GPU_CONFIGS:
+                        for config in flash_configs.candidate_configs(kernel, arch):
                             yield arch, kernel, config, head_dim, dtype, causal
 
 
@@ -62,7 +74,8 @@ def compile_row(arch, kernel, config, head_dim, dtype, causal) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=[80, 90])
+    p.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=[75, 80, 90],
+                   help="75 (Turing, T4): fp16 only, its own candidates; ~5-130 s a compile here")
     p.add_argument("--head-dim", type=int, nargs="+", default=[128, 64], choices=[64, 128])
     p.add_argument("--dtype", nargs="+", default=["bfloat16", "float16"], choices=["bfloat16", "float16"])
     p.add_argument("--causal", nargs="+", default=["true", "false"], choices=["true", "false"])

@@ -1,7 +1,10 @@
-"""Compile every autotune config of the LoRA and BitNet kernels for sm_80 and sm_90, without a GPU.
+"""Compile every autotune config of the LoRA and BitNet kernels for sm_75, sm_80 and sm_90, without a GPU.
 
-    python scripts/compile_lora_bitnet_configs.py                 # all -> course/results/kernel_configs_lora_bitnet.csv
+    python scripts/compile_lora_bitnet_configs.py                 # sm_80/sm_90 -> course/results/kernel_configs_lora_bitnet.csv
+    python scripts/compile_lora_bitnet_configs.py --archs 75 --lora-dtypes float16   # sm_75 (a T4: fp16, no bf16)
     python scripts/compile_lora_bitnet_configs.py --kernels bitnet --archs 90 --out /tmp/x.csv   # a subset
+
+A run adds the rows it lacks to the CSV (``--fresh`` starts over), saving after each compile.
 
 The GPU launchers (``course.lora._tuned``, ``course.bitnet._tuned``) prune their autotune configs by
 this CSV: on a GPU of compute capability ``sm_<arch>`` they keep only the configs whose row for that
@@ -25,6 +28,12 @@ keep every config. fp32 is left out for time: it runs ``tl.dot`` in IEEE precisi
 and took 20 to 120 s a compile here; a partial run (sm_80, one adapter) had 11 of 12 configs spill or
 overflow, so fp32 on a GPU (the checks' small shapes) would need its own smaller tiles.
 92 compiles, 3 to 20 s each on 2 shared, busy cores: ~12 min.
+
+sm_75 (Turing, a free Colab T4) compiles the launchers' own small tiles (``TURING_SHAPES`` in
+``course.lora`` and ``course.bitnet``: Triton takes the FMA path below sm_80, no tensor cores),
+LoRA in fp16. A config that does not compile is a row too (``error``, never ``fits``): measured,
+Triton 3.9 cannot compile BitNet's int8 ``tl.dot`` for sm_75 at all, and the ternary launcher then
+refuses with that reason (``course.lora.refuse_if_no_config_compiles``). 12 compiles, 1 to 20 s each.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import argparse
 import re
 import sys
 import time
+from pathlib import Path
 
 import course  # noqa: F401  (first: Triton in the interpreter on a CPU; compile_report still compiles)
 from course import bench, bitnet, gpu_compile, lora
@@ -44,6 +54,8 @@ ARCHS = (80, 90)
 I32 = "i32"
 TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 LORA_DTYPES = (torch.bfloat16,)  # what the GPU benchmark runs (the checks also run bf16)
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+KEY = ("kernel", "arch", "variant", "config")
 
 
 def lora_signature(dtype: torch.dtype) -> dict:
@@ -60,22 +72,24 @@ BITNET_SIG = {**dict(zip(["x_ptr", "xs_ptr", "wp_ptr", "y_ptr", "w_scale"], ["*i
               **{n: I32 for n in ["M", "N", "K", "M_BUCKET", "stride_xm", "stride_wn", "stride_ym", "stride_yn"]}}
 
 
-def lora_cases():
-    """(kernel name, variant, config, jit kernel, signature, constexprs) for every LoRA specialization."""
-    for dtype in LORA_DTYPES:
+def lora_cases(dtypes=LORA_DTYPES, arch=80):
+    """(kernel name, variant, config, jit kernel, signature, constexprs) for every LoRA specialization
+    and every config the launcher may try on ``sm_<arch>`` (the Turing tiles below sm_80)."""
+    configs = lora._turing_configs() if arch < 80 else lora._gpu_configs()
+    for dtype in dtypes:
         for multi in (False, True):
             for rank in lora.MEASURED_RANKS:
                 variant = lora.lora_variant(dtype, multi, rank, aligned=True)
                 consts = {"MULTI": multi, "PER_ADAPTER_SCALE": multi, "IEEE": dtype == torch.float32,
                           "BLOCK_R": rank, "stride_xk": 1, "stride_wk": 1, "stride_ak": 1, "stride_br": 1}
-                for config in lora._gpu_configs():
+                for config in configs:
                     yield ("lora", variant, config, lora._lora_fused_kernel, lora_signature(dtype),
                            {**consts, **config.kwargs})
 
 
-def bitnet_cases():
+def bitnet_cases(arch=80):
     for even_k in (True, False):
-        for config in bitnet._gpu_configs():
+        for config in (bitnet._turing_configs() if arch < 80 else bitnet._gpu_configs()):
             consts = {"EVEN_K": even_k, "stride_xk": 1, "stride_ww": 1, **config.kwargs}
             yield "bitnet", bitnet.bitnet_variant(even_k, aligned=True), config, bitnet._ternary_matmul_kernel, BITNET_SIG, consts
 
@@ -86,42 +100,88 @@ def tensor_core_instruction(ptx: str) -> str:
     return found.group(1) if found else ""
 
 
+def _first_compiler_error(log: str) -> str:
+    """The first ``error:`` line MLIR printed (Triton's exception says only 'PassManager::run failed')."""
+    found = re.search(r"error: (.*)", log)
+    return found.group(1).split(", but got")[0][:160] if found else ""
+
+
+def _compile_capturing_stderr(compile_fn):
+    """``compile_fn()``, with what the compiler writes to file descriptor 2 returned beside it."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryFile(mode="w+") as log:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            try:
+                return compile_fn(), None, ""
+            except Exception as exc:  # a compile error is a result too: recorded, the config never fits
+                error = exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        return None, error, log.read()
+
+
 def measure(kernel_name, variant, config, kernel, signature, consts, arch) -> dict:
     row = {"kernel": kernel_name, "arch": arch, "variant": variant, "config": lora.config_name(config),
            "block_m": config.kwargs["BLOCK_M"], "block_n": config.kwargs["BLOCK_N"],
            "block_k": config.kwargs["BLOCK_K"], "num_warps": config.num_warps, "num_stages": config.num_stages}
     start = time.time()
-    report = gpu_compile.compile_report(kernel, signature, consts, arch, num_warps=config.num_warps,
-                                        num_stages=config.num_stages,
-                                        divisible_by_16=lora.ALIGNED_ARGS[kernel_name])
-    row.update({"registers": report.registers, "spill_bytes": report.spills, "stack_bytes": report.stack_bytes,
-                "shared_bytes": report.shared_bytes, "shared_limit": report.shared_limit,
-                "tensor_core_instr": tensor_core_instruction(report.ptx),
-                "fits": report.spills == 0 and report.shared_bytes <= report.shared_limit,
-                "compile_s": round(time.time() - start, 1), "triton": triton.__version__,
-                "date": time.strftime("%Y-%m-%d", time.gmtime())})
+    report, error, log = _compile_capturing_stderr(lambda: gpu_compile.compile_report(
+        kernel, signature, consts, arch, num_warps=config.num_warps, num_stages=config.num_stages,
+        divisible_by_16=lora.ALIGNED_ARGS[kernel_name]))
+    if report is None:
+        row.update({"registers": -1, "spill_bytes": -1, "stack_bytes": -1, "shared_bytes": -1,
+                    "shared_limit": gpu_compile.SHARED_LIMIT[arch], "tensor_core_instr": "", "fits": False})
+    else:
+        row.update({"registers": report.registers, "spill_bytes": report.spills, "stack_bytes": report.stack_bytes,
+                    "shared_bytes": report.shared_bytes, "shared_limit": report.shared_limit,
+                    "tensor_core_instr": tensor_core_instruction(report.ptx),
+                    "fits": report.spills == 0 and report.shared_bytes <= report.shared_limit})
+    row.update({"compile_s": round(time.time() - start, 1), "triton": triton.__version__,
+                "date": time.strftime("%Y-%m-%d", time.gmtime()),
+                "error": "" if error is None else f"{type(error).__name__}: {_first_compiler_error(log) or error}"})
     return row
+
+
+def _key(row) -> tuple:
+    return tuple(str(row[k]) for k in KEY)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kernels", nargs="+", default=["lora", "bitnet"], choices=["lora", "bitnet"])
-    p.add_argument("--archs", nargs="+", type=int, default=list(ARCHS), choices=list(ARCHS))
+    p.add_argument("--archs", nargs="+", type=int, default=list(ARCHS), choices=[75, 80, 90])
+    p.add_argument("--lora-dtypes", nargs="+", default=["bfloat16"], choices=list(DTYPES))
     p.add_argument("--out", default=str(lora.KERNEL_CONFIGS_CSV))
+    p.add_argument("--fresh", action="store_true", help="start the CSV over instead of adding to it")
     args = p.parse_args(argv)
-    cases = [c for name in args.kernels for c in (lora_cases() if name == "lora" else bitnet_cases())]
+    dtypes = [DTYPES[d] for d in args.lora_dtypes]
     rows = []
+    if not args.fresh and Path(args.out).exists():  # resume / add: rows already measured are kept, not redone
+        rows, _ = bench.load_csv(args.out)
+    for r in rows:  # rows measured before the error column existed compiled
+        r.setdefault("error", "")
+    done = {_key(r) for r in rows}
+    tags = {"command": "python scripts/compile_lora_bitnet_configs.py (runs add to the CSV; see each row's date)"}
     for arch in args.archs:
+        cases = [c for name in args.kernels for c in (lora_cases(dtypes, arch) if name == "lora" else bitnet_cases(arch))]
         for case in cases:
+            if _key({"kernel": case[0], "arch": arch, "variant": case[1], "config": lora.config_name(case[2])}) in done:
+                continue
             row = measure(*case, arch)
             rows.append(row)
+            bench.save_csv(rows, args.out, tags=tags)  # after each row: an interrupted run keeps what it compiled
             print(f"sm_{arch} {row['kernel']} {row['variant']} {row['config']}: {row['registers']} regs, "
                   f"{row['spill_bytes']} B spilled, {row['shared_bytes'] / 1024:.0f} KiB shared, "
-                  f"{row['tensor_core_instr'][:24] or 'no tensor cores'}, fits {row['fits']} ({row['compile_s']} s)",
+                  f"{row['tensor_core_instr'][:24] or 'no tensor cores'}, fits {row['fits']} ({row['compile_s']} s) {row['error']}",
                   flush=True)
-    path = bench.save_csv(rows, args.out, tags={"command": "python scripts/compile_lora_bitnet_configs.py " +
-                                                " ".join(argv if argv is not None else sys.argv[1:])})
-    print(f"wrote {len(rows)} rows to {path}; fit: {sum(r['fits'] for r in rows)}")
+    print(f"{args.out}: {len(rows)} rows; fit: {sum(str(r['fits']) == 'True' for r in rows)}")
     return 0
 
 
