@@ -182,6 +182,31 @@ def test_bucketed_ddp_equals_plain_ddp_and_launches_every_bucket_during_backward
             assert timing["launches before backward end"] == timing["buckets"] == 4
 
 
+def _fake_compare(waits, plains, done=0):
+    return {"timings": [{"wait after backward s": w, "complete at backward end": done} for w in waits],
+            "plain all-reduce s": list(plains)}
+
+
+def test_exposed_communication_leaves_out_the_warm_up_and_pairs_each_repeat():
+    results = [_fake_compare([9.0, 0.001, 0.003], [9.0, 0.002, 0.004]),
+               _fake_compare([9.0, 0.002, 0.002], [9.0, 0.004, 0.001], done=1)]
+    got = overlap.exposed_communication(results, warmup=1)
+    assert got["repeats"] == 2
+    assert got["bucketed ms"] == [[1.0, 3.0], [2.0, 2.0]]
+    assert got["plain ms"] == [[2.0, 4.0], [4.0, 1.0]]
+    assert got["ratios"] == [0.5, 0.75, 0.5, 2.0]
+    assert got["done at backward end"] == [[0, 0], [1, 1]]
+
+
+@pytest.mark.parametrize("results, warmup, match", [
+    ([], 1, "one compare"), ([_fake_compare([1.0], [1.0])], 1, "more than warmup=1"),
+    ([_fake_compare([1.0, 1.0], [1.0, 1.0]), _fake_compare([1.0] * 3, [1.0] * 3)], 1, "same number of steps"),
+    ([_fake_compare([1.0, 1.0], [1.0, 1.0])], -1, "warmup")])
+def test_exposed_communication_refuses_what_it_cannot_summarise(results, warmup, match):
+    with pytest.raises(ValueError, match=match):
+        overlap.exposed_communication(results, warmup=warmup)
+
+
 def test_bucketed_ddp_refuses_buckets_that_lose_a_parameter():
     def lossy(sizes, cap):
         return [[i] for i in range(len(sizes) - 1)]

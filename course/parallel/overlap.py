@@ -134,3 +134,26 @@ def compare(bucket_bytes: int = 1 << 18, depth: int = 8, width: int = 256, batch
         hook.remove()
     return {"max |bucketed - plain|": difference, "timings": timings, "plain all-reduce s": plain_seconds,
             "bucket params": [len(b) for b in ddp.buckets]}
+
+
+def exposed_communication(results: list[dict], warmup: int = 1) -> dict:
+    """The communication still exposed after backward, from :func:`compare`'s per-rank results.
+
+    ``"bucketed ms"`` (waited after backward) and ``"plain ms"`` (all-reduces after backward) are lists
+    per rank of one value per repeat, the first ``warmup`` steps left out (first calls set up
+    connections and buffers); ``"ratios"`` is bucketed / plain for every (rank, repeat) pair;
+    ``"done at backward end"`` how many buckets had completed when backward returned, per rank and repeat.
+    """
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    if not results:
+        raise ValueError("results must hold one compare() result per rank, got none")
+    steps = {len(r["timings"]) for r in results} | {len(r["plain all-reduce s"]) for r in results}
+    if len(steps) != 1 or min(steps) <= warmup:
+        raise ValueError(f"every rank must have the same number of steps, more than warmup={warmup}; got {sorted(steps)}")
+    bucketed = [[1e3 * t["wait after backward s"] for t in r["timings"][warmup:]] for r in results]
+    plain = [[1e3 * s for s in r["plain all-reduce s"][warmup:]] for r in results]
+    done = [[t["complete at backward end"] for t in r["timings"][warmup:]] for r in results]
+    ratios = [b / p for rank_b, rank_p in zip(bucketed, plain) for b, p in zip(rank_b, rank_p)]
+    return {"bucketed ms": bucketed, "plain ms": plain, "ratios": ratios, "done at backward end": done,
+            "repeats": len(bucketed[0])}
