@@ -101,6 +101,9 @@ def tracked(device="cpu"):
     """``with tracked(device) as mem: ...; mem.live_bytes(), mem.peak_bytes()`` for tensors made inside."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # the tracker files storages under cuda:<index>
+        device = torch.device("cuda", torch.cuda.current_device())
     tracker = MemTracker()
     with tracker:
         yield Tracked(tracker, device)
