@@ -22,6 +22,9 @@ pytestmark = pytest.mark.slow
 
 SOLVED = dict(enumerate(TOY_CELLS))
 LIMITS = dict(cell_timeout=5, total_timeout=90, check_timeout=5)
+# For a submission that does nothing hostile: its set-up cell imports the course (torch, triton),
+# which took 1.7 s on an idle machine here and can take longer than 5 s on a loaded one
+GENEROUS = dict(LIMITS, cell_timeout=120, total_timeout=300)
 
 
 def submission(tmp_path, replace: dict[int, str] | None = None, extra: list[str] = (), name="90_toy.ipynb"):
@@ -33,8 +36,8 @@ def submission(tmp_path, replace: dict[int, str] | None = None, extra: list[str]
     return path
 
 
-def grade(toy_course, path):
-    return grader.grade(path, solutions_dir=toy_course / "solutions", **LIMITS)
+def grade(toy_course, path, limits=LIMITS):
+    return grader.grade(path, solutions_dir=toy_course / "solutions", **limits)
 
 
 def by_id(report):
@@ -42,7 +45,7 @@ def by_id(report):
 
 
 def test_solved_submission_gets_full_marks(toy_course, tmp_path):
-    report = grade(toy_course, submission(tmp_path))
+    report = grade(toy_course, submission(tmp_path), GENEROUS)
     assert (report.points, report.max_points) == (3, 3)
     assert report.events == []
 
@@ -81,13 +84,15 @@ def test_loop_that_ignores_interrupts_is_skipped_after_a_restart(toy_course, tmp
 
 
 # A set-up cell whose `import course` is interrupted half-way through importing torch, as when a loaded
-# machine takes longer than the cell's limit to import it: the first import of a torch submodule after
-# torch's C extension is loaded stalls (once) until the interrupt. In that kernel torch can then no
-# longer be imported ("partially initialized module 'torch'", "Only a single TORCH_LIBRARY ...").
-STALLED_TORCH_IMPORT = """import builtins, sys, time
+# machine takes longer than the cell's limit to import it: torch's import of one of these submodules
+# stalls (once) until the interrupt. Interrupted there (torch 2.13), torch can no longer be imported in
+# that kernel ("cannot import name 'nn' from partially initialized module 'torch'"); the grader's agent
+# needs it, so before the fix this submission scored 0 with that error. Should torch stop importing
+# these, the cell finishes in time and the first assertion below fails, saying so.
+STALLED_TORCH_IMPORT = """import builtins, time
 _import = builtins.__import__
 def _stall_once(name, *args, **kwargs):
-    if name.startswith("torch._") and "torch._C" in sys.modules:
+    if name in ("torch._refs", "torch._decomp", "torch.library"):
         builtins.__import__ = _import
         time.sleep(600)
     return _import(name, *args, **kwargs)
@@ -234,12 +239,13 @@ HOG = "import torch\ndef add(a, b):\n    buffer = torch.empty(3 << 30, dtype=tor
 @needs_prlimit
 def test_memory_hog_fails_only_its_own_exercise_under_a_memory_limit(toy_course, tmp_path):
     path = submission(tmp_path, {3: HOG, 4: "pass"})
-    report = grader.grade(path, solutions_dir=toy_course / "solutions", memory_limit=2 << 30, **LIMITS)
+    # generous time limits: HOG's cell imports torch, which a loaded machine may not finish in 5 s
+    report = grader.grade(path, solutions_dir=toy_course / "solutions", memory_limit=2 << 30, **GENEROUS)
     assert not by_id(report)["90.1"].passed
-    assert "can't allocate memory" in by_id(report)["90.1"].message
+    assert "can't allocate memory" in by_id(report)["90.1"].message, report.events
     assert by_id(report)["90.2"].passed
     # the same submission without a limit: the allocation succeeds, so the limit is what failed it
-    assert by_id(grade(toy_course, path))["90.1"].passed
+    assert by_id(grade(toy_course, path, GENEROUS))["90.1"].passed
 
 
 def test_memory_limit_too_small_for_torch_is_refused_before_grading(toy_course, tmp_path):

@@ -144,7 +144,12 @@ class KernelSession:
 
     def start(self) -> None:
         nb = nbformat.v4.new_notebook()
+        # Plain tracebacks: only an error's name and message reach a report, and IPython's default
+        # formatting (stack_data, which highlights each frame's whole source file) kept the kernel
+        # busy 8 to 20 s after an interrupt inside torch's import (measured here), long enough to
+        # pass for a kernel that ignores interrupts; in Plain mode it answered at once.
         self.client = NotebookClient(nb, kernel_name="python3", timeout=60, interrupt_on_timeout=True,
+                                     extra_arguments=["--InteractiveShell.xmode=Plain"],
                                      allow_errors=True, startup_timeout=int(self.startup_timeout),
                                      error_on_timeout={"ename": "CellTimeoutError", "evalue": "time limit",
                                                        "traceback": []},
