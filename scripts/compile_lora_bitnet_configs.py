@@ -1,6 +1,7 @@
 """Compile every autotune config of the LoRA and BitNet kernels for sm_75, sm_80 and sm_90, without a GPU.
 
     python scripts/compile_lora_bitnet_configs.py                 # sm_80/sm_90 -> course/results/kernel_configs_lora_bitnet.csv
+    python scripts/compile_lora_bitnet_configs.py --kernels lora --lora-dtypes float32   # LoRA's fp32 (IEEE) path
     python scripts/compile_lora_bitnet_configs.py --archs 75 --lora-dtypes float16   # sm_75 (a T4: fp16, no bf16)
     python scripts/compile_lora_bitnet_configs.py --kernels bitnet --archs 90 --out /tmp/x.csv   # a subset
 
@@ -21,13 +22,13 @@ compiled for sm_80 (bf16, one adapter) spilled, with it 9 of 12 fit. The launche
 only for launches that have those facts (``course.lora.launch_is_aligned``); other launches keep
 every config. Spills are ptxas's own count (``bytes spill stores`` + ``loads`` of ``ptxas -v``).
 
-Specializations compiled: LoRA in bf16 (what scripts/bench_lora.py runs), one or several adapters,
-rank tile 16 (``course.lora.MEASURED_RANKS``: ranks up to 16); BitNet with K a multiple of BLOCK_K
-(no K mask) or not. Launches of other specializations (fp16, fp32, ranks above 16) find no row and
-keep every config. fp32 is left out for time: it runs ``tl.dot`` in IEEE precision (no tensor cores)
-and took 20 to 120 s a compile here; a partial run (sm_80, one adapter) had 11 of 12 configs spill or
-overflow, so fp32 on a GPU (the checks' small shapes) would need its own smaller tiles.
-92 compiles, 3 to 20 s each on 2 shared, busy cores: ~12 min.
+Specializations compiled: LoRA in bf16 (what scripts/bench_lora.py runs) and fp32 (the checks' and
+the notebook's fp32 path: ``tl.dot(input_precision="ieee")``, FMA units, no tensor cores on any
+arch), one or several adapters, rank tile 16 (``course.lora.MEASURED_RANKS``: ranks up to 16);
+BitNet with K a multiple of BLOCK_K (no K mask) or not. Launches of other specializations (fp16 on
+sm_80/sm_90, ranks above 16) find no row and keep every config. bf16 and BitNet: 92 compiles, 3 to
+20 s each on 2 shared, busy cores (~12 min); fp32 (``--lora-dtypes float32``): 48 compiles, 5 to
+180 s each (34 min in all, measured).
 
 sm_75 (Turing, a free Colab T4) compiles the launchers' own small tiles (``TURING_SHAPES`` in
 ``course.lora`` and ``course.bitnet``: Triton takes the FMA path below sm_80, no tensor cores),
