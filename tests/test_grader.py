@@ -8,6 +8,7 @@ Time limits are short here (5 s a cell) so that the hostile cases finish quickly
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from xml.etree import ElementTree as ET
@@ -131,9 +132,25 @@ def test_setup_cell_that_uses_up_the_total_limit_scores_zero_with_the_reason(toy
     report = grader.grade(submission(tmp_path, {1: "import time\ntime.sleep(600)"}),
                           solutions_dir=toy_course / "solutions", **limits)
     assert report.points == 0
-    assert "total time limit of 20 s reached; cells from 1 on were not run" in report.events, report.events
+    assert re.fullmatch(r"cell 0 \(id toy-1\) ran longer than the \d+ s left of the notebook's 20 s limit; "
+                        r"it was interrupted", report.events[0]), report.events
+    assert report.events[1] == "total time limit of 20 s reached; cells from 1 on were not run"
     assert all("is not defined" in e.message and "the notebook did not run to its end" in e.message
                for e in report.exercises), [e.message for e in report.exercises]
+
+
+def test_cell_ids_a_submission_writes_reach_the_report_only_as_id_characters():
+    nb = make_notebook([("code", "pass"), ("markdown", "text"), ("code", "pass"), ("code", "pass")])
+    nb.cells[0].id, nb.cells[2].id = "ok-1_A", "x\n<b>" + "y" * 100
+    del nb.cells[3]["id"]
+    assert grader._code_ids(nb) == ["ok-1_A", "xb" + "y" * 62, ""]
+    assert [kernel.cell_label(i, grader._code_ids(nb)) for i in range(3)] == ["cell 0 (id ok-1_A)",
+                                                                              f"cell 1 (id xb{'y' * 62})", "cell 2"]
+
+
+def test_execute_cells_refuses_ids_that_do_not_match_the_cells(tmp_path):
+    with pytest.raises(ValueError, match="one per cell"):
+        kernel.execute_cells(["pass", "pass"], str(tmp_path), cell_timeout=5, total_timeout=10, ids=["a"])
 
 
 def test_after_interrupt_tells_an_interrupted_import_from_an_interrupted_loop(tmp_path):

@@ -11,9 +11,9 @@ notebook re-run from a fresh kernel, so one bad cell costs only its own exercise
 whose time-limit interrupt landed inside an import: Python then drops only the module whose import
 raised, while the submodules it had finished (and, for torch, their operator registrations in C++)
 stay, so importing it again in that kernel fails with errors that have nothing to do with the
-learner's code ("partially initialized module 'torch'", "Only a single TORCH_LIBRARY can be used
-to register the namespace prims", "Trying to override a python impl"). In a fresh process nothing
-of it survives.
+learner's code (measured here: "partially initialized module 'torch'", "Only a single TORCH_LIBRARY
+can be used to register the namespace prims"; seen in CI: "Trying to override a python impl").
+A fresh process starts clean.
 """
 
 from __future__ import annotations
@@ -227,8 +227,6 @@ class Execution:
     session: KernelSession | None
     events: list[str] = field(default_factory=list)  # one line per cell that went wrong
     skipped: list[int] = field(default_factory=list)
-    #: why each skipped cell was skipped, the event line that says so (cell index -> line)
-    skip_reasons: dict[int, str] = field(default_factory=dict)
     finished: bool = True
     seconds: float = 0.0
 
@@ -257,7 +255,6 @@ def execute_cells(sources: list[str], cwd: str, *, cell_timeout: float, total_ti
         raise ValueError(f"ids: expected one per cell ({len(sources)}), got {len(ids)}")
     start = time.perf_counter()
     skip: set[int] = set()
-    reasons: dict[int, str] = {}
     restarts: list[str] = []  # why earlier attempts were abandoned
     for _attempt in range(max_restarts + 1):
         session = KernelSession(cwd, env=env, memory_limit=memory_limit)
@@ -275,6 +272,9 @@ def execute_cells(sources: list[str], cwd: str, *, cell_timeout: float, total_ti
                 break
             outcome = session.run(code, min(cell_timeout, remaining))
             cell = cell_label(i, ids)
+            if outcome.status == "timeout" and remaining < cell_timeout:  # say which limit stopped it
+                outcome.error = (f"ran longer than the {int(remaining)} s left of the notebook's "
+                                 f"{total_timeout:g} s limit")
             if outcome.status == "error":
                 events.append(f"{cell} raised {outcome.error}")
             elif outcome.status == "timeout":
@@ -294,7 +294,6 @@ def execute_cells(sources: list[str], cwd: str, *, cell_timeout: float, total_ti
                 restart = True
             if restart:
                 skip.add(i)
-                reasons[i] = events[-1]
                 restarts.append(events[-1])
                 session.stop()
                 break
@@ -302,6 +301,6 @@ def execute_cells(sources: list[str], cwd: str, *, cell_timeout: float, total_ti
                 on_cell(i, session, outcome)
         if not restart:
             kept = [e for e in events if e not in restarts]
-            return Execution(session, restarts + kept, sorted(skip), reasons, finished, time.perf_counter() - start)
-    return Execution(None, restarts + [f"gave up after {max_restarts} kernel restarts"], sorted(skip), reasons, False,
+            return Execution(session, restarts + kept, sorted(skip), finished, time.perf_counter() - start)
+    return Execution(None, restarts + [f"gave up after {max_restarts} kernel restarts"], sorted(skip), False,
                      time.perf_counter() - start)
