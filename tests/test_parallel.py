@@ -151,6 +151,15 @@ def test_tensor_x_data_parallel_on_a_2x2_mesh_equals_one_process():
         assert sent == mesh.ring_model_bytes(3, 2, 2)
 
 
+def test_a_1x2_mesh_counts_the_tp_bytes_of_a_dimension_that_spans_every_rank():
+    # on 2 ranks (torchrun --nproc-per-node 2) tp is the default group: once counted under "world", 0 B on "tp"
+    out = dist.pool(2).run(mesh.train_tp_dp, 3)
+    reference = mesh.train_one_process(3)
+    for whole, sent in out.results:
+        assert mesh.max_difference(whole, reference) <= 1e-5
+        assert sent == mesh.ring_model_bytes(3, 1, 2) and sent["tp"] > 0 and sent["dp"] == 0
+
+
 def test_mesh_refuses_a_tp_size_that_does_not_divide_the_ranks():
     def bad():
         return mesh.train_tp_dp(1, tp=3)

@@ -66,10 +66,12 @@ def test_megatron_on_a_world_size_that_does_not_divide_the_heads_stops_naming_th
 
 
 @pytest.mark.slow
-def test_zero_with_one_rank_stops_where_the_world_size_is_read_naming_the_rule():
-    # torchrun --nproc-per-node 1 (say, on a one-GPU machine) once ran to a ZeroDivisionError in the traffic table
-    proc, _ = torchrun_notebook("06_zero.ipynb", 1, timeout=300)
+@pytest.mark.parametrize("notebook", ["06_zero.ipynb", "08_paro.ipynb"])
+def test_zero_and_paro_with_one_rank_stop_where_the_world_size_is_read_naming_the_rule(notebook):
+    # torchrun --nproc-per-node 1 (say, on a one-GPU machine) once ran on to a ZeroDivisionError
+    # (06: the traffic table; 08: the wire-byte ratios)
+    proc, _ = torchrun_notebook(notebook, 1, timeout=300)
     assert proc.returncode != 0
-    assert "notebook 06 needs at least 2 ranks; got 1" in proc.stderr
-    assert "<06_zero.ipynb code cell 0>" in proc.stderr  # the first code cell, where WORLD is read
+    assert f"notebook {notebook[:2]} needs at least 2 ranks; got 1" in proc.stderr
+    assert f"<{notebook} code cell 0>" in proc.stderr  # the first code cell, where WORLD is read
     assert "ZeroDivisionError" not in proc.stderr

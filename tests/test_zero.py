@@ -101,6 +101,8 @@ def test_data_parallel_ranks_names_the_two_rank_minimum_for_one_rank():
         check.data_parallel_ranks(1)
     with pytest.raises(ValueError, match="at least 2 ranks; got 0"):
         check.data_parallel_ranks(0)
+    with pytest.raises(ValueError, match=r"notebook 08 needs at least 2 ranks; got 1"):  # 08 trains the same model
+        check.data_parallel_ranks(1, notebook="08")
 
 
 @pytest.mark.parametrize("world, match", [(3, r"divides its global batch of 32 rows.*\[2, 4, 8, 16, 32\]; got 3"),

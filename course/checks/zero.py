@@ -30,26 +30,27 @@ BETAS, EPS = (0.9, 0.999), 1e-8
 # --- what the notebook and the checks share -----------------------------------------------------
 
 
-def data_parallel_ranks(world) -> int:
-    """``world``, the number of ranks the notebook was started with, if notebook 06 can run on it.
+def data_parallel_ranks(world, notebook: str = "06") -> int:
+    """``world``, the number of ranks the notebook was started with, if notebook 06 (or 08, which
+    trains the same model) can run on it.
 
-    ZeRO partitions model states over N >= 2 data-parallel ranks (with one there is nothing to
+    ZeRO and PaRO partition model states over N >= 2 data-parallel ranks (with one there is nothing to
     partition or send, and the traffic in units of N/(N-1) divides by zero), and each rank trains on
     an equal slice of the 32-row global batch. Called where the notebook reads its world size, so that
     ``torchrun --nproc-per-node 1`` stops there with the rule instead of deep inside a cell.
     """
     if isinstance(world, bool) or not isinstance(world, int):
-        raise ValueError(f"notebook 06 needs a whole number of ranks; got {world!r}")
+        raise ValueError(f"notebook {notebook} needs a whole number of ranks; got {world!r}")
     if world < 2:
         raise ValueError(
-            f"notebook 06 needs at least 2 ranks; got {world}: ZeRO partitions the model states over N >= 2 "
-            "data-parallel ranks (with one there is nothing to partition or send). Start torchrun with "
+            f"notebook {notebook} needs at least 2 ranks; got {world}: its data-parallel stages partition the "
+            "model states over N >= 2 ranks (with one there is nothing to partition or send). Start torchrun with "
             "--nproc-per-node 2 or more (on a machine with fewer GPUs than ranks they run on gloo, on the CPU), "
             "or run the notebook without torchrun for 4 local ranks")
     if GLOBAL_BATCH % world:
         divisors = [n for n in range(2, GLOBAL_BATCH + 1) if GLOBAL_BATCH % n == 0]
-        raise ValueError(f"notebook 06 needs a number of ranks that divides its global batch of {GLOBAL_BATCH} rows "
-                         f"(each rank trains on an equal slice): one of {divisors}; got {world}")
+        raise ValueError(f"notebook {notebook} needs a number of ranks that divides its global batch of {GLOBAL_BATCH} "
+                         f"rows (each rank trains on an equal slice): one of {divisors}; got {world}")
     return world
 
 

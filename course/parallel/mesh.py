@@ -119,7 +119,8 @@ def train_tp_dp(steps: int = 3, tp: int = 2) -> tuple[dict, dict]:
         tdist.all_gather(parts, p[name].detach().contiguous(), group=tp_group)
         whole[name] = torch.cat(parts, dim).cpu()
     whole["b2"] = p["b2"].detach().cpu()
-    sent = {label: traffic.sent(group=label) for label in ("tp", "dp")}
+    # by each group's own label: a dimension that spans every rank (dp = 1) is the default group, "world"
+    sent = {"tp": traffic.sent(group=dist.group_label(tp_group)), "dp": traffic.sent(group=dist.group_label(dp_group))}
     return whole, sent
 
 
