@@ -6,7 +6,8 @@
 No Jupyter is needed. In order, each step a subprocess with its own time limit:
 
 1. the kernel tests with Triton compiling (``TRITON_INTERPRET`` removed from the environment):
-   tests/test_flash_attention.py, test_lora.py, test_bitnet.py, test_gpu_paths.py;
+   tests/test_flash_attention.py, test_lora.py, test_bitnet.py, test_gpu_paths.py, and the CUDA test of
+   tests/test_parallel.py (MemTracker's counts against the caching allocator's 512-byte blocks);
 2. every ``scripts/bench_*.py`` (each checks its kernel against a reference before timing it), plus
    the FlashAttention ladder; they write ``course/results/*_gpu.csv`` with the device name and date
    in the header (``course.bench.save_csv``);
@@ -65,10 +66,12 @@ def plan(python: str = sys.executable, gpus: int | None = None) -> list[Step]:
     pytest = (python, "-m", "pytest", "-q", "-p", "no:cacheprovider")
     tests = [Step("test " + Path(f).stem.removeprefix("test_"), (*pytest, f), t)
              for f, t in zip(KERNEL_TESTS, (65, 45, 45, 30))]
+    # MemTracker on the real caching allocator: the 512-byte rule 08's memory claims use (simulated on a CPU)
+    tests.append(Step("test memory on cuda", (*pytest, "tests/test_parallel.py", "-k", "cuda"), 15))
     benches = [
         # the bar's shape and two others, bf16, d = 128: the full sweep (288 cases) takes longer than the kit may
         Step("bench flash_attention", (python, "scripts/bench_flash_attention.py", "--dtype", "bfloat16", "--d", "128",
-                                       "--n", "1024", "4096", "8192", "--repeats", "50"), 105,
+                                       "--n", "1024", "4096", "8192", "--repeats", "50"), 90,
              "course/results/flash_attention_gpu.csv"),
         Step("bench flash ladder", (python, "scripts/bench_flash_attention.py", "--ladder", "--repeats", "50"), 50,
              "course/results/flash_ladder_gpu.csv"),

@@ -46,9 +46,10 @@ def test_without_a_gpu_the_kit_says_so_measures_nothing_and_exits_0(kit):
 
 def test_the_plan_runs_the_kernel_tests_and_every_bench_script_within_8_minutes(kit):
     steps = kit.plan("python")
-    tests = [s.argv[-1] for s in steps if "pytest" in s.argv]
+    tests = [next(a for a in s.argv if a.startswith("tests/")) for s in steps if "pytest" in s.argv]
     assert tests == ["tests/test_flash_attention.py", "tests/test_lora.py", "tests/test_bitnet.py",
-                     "tests/test_gpu_paths.py"]
+                     "tests/test_gpu_paths.py", "tests/test_parallel.py"]
+    assert [s.argv[-2:] for s in steps if "tests/test_parallel.py" in s.argv] == [("-k", "cuda")]
     scripts = {a for s in steps for a in s.argv if a.startswith("scripts/")}
     every_bench = {f"scripts/{p.name}" for p in (REPO / "scripts").glob("bench_*.py")}
     assert every_bench <= scripts, f"bench scripts the kit does not run: {every_bench - scripts}"
