@@ -19,8 +19,8 @@ No Jupyter is needed. In order, each step a subprocess with its own time limit:
 4. with two or more GPUs, notebook 06 (ZeRO) under ``torchrun`` on NCCL, one rank per GPU (up to 4),
    its compared claims checked as under nbval (scripts/run_notebook_torchrun.py): the distributed
    notebooks' device and point-to-point code on a real GPU backend. With one GPU the step is left
-   out: NCCL needs a GPU per rank, and 06 needs at least two ranks (measured on gloo: one rank stops
-   in the ZeRO memory comparison with a division by zero).
+   out: NCCL needs a GPU per rank, and 06 needs at least two ranks (with one it stops at once and
+   says so: ``check.data_parallel_ranks``).
 
 The time limits add up to :data:`BUDGET_S` (8 minutes, the issue's budget on one H100); a step that
 runs over is stopped and reported as such, and the next one starts. On a machine without a CUDA GPU
