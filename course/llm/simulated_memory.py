@@ -30,7 +30,8 @@ of its three most important recent memories are, retrieves ``k`` memories for ea
 writes what it finds there as a new, recent reflection; retrieval refreshes what it returns).
 
 The models recognise memories by id and kind, never by text; texts matter only to the embedder
-(the hashing TF-IDF of :mod:`course.llm.embeddings`, the notebook's). Randomness is Python's
+(the hashing TF-IDF of :mod:`course.llm.embeddings`, the notebook's, or with ``Rates(embedder="minilm")``
+the MiniLM sentence model, to see which findings survive a neural embedder). Randomness is Python's
 ``random.Random`` seeded with strings, the same draws on every machine; scores are computed in
 float64 and rounded to 1e-9 before ranking, so a result is exact for a seed on a machine. (The
 embedder works in float32; another processor may round a vector's last bit differently, which could
@@ -39,8 +40,9 @@ What this measures is the retrieval mechanism (how often the fact reaches the re
 not any language model: the rates are inputs.
 
 What it shows, in one line each: a k-window forgets what is not recent; importance helps retrieval
-where similarity search fails (few memories retrieved, many look-alike distractors) and only while
-the ratings are mostly right, random ratings make it hurt; a reflection can only copy what it
+where similarity search fails (with word-overlap embeddings: few memories retrieved, many look-alike
+distractors; with MiniLM it no longer fails there) and only while the ratings are mostly right, and
+random ratings make it hurt; a reflection can only copy what it
 retrieved, so it carries a misreading or a rumour forward as readily as a fact.
 """
 
@@ -74,6 +76,7 @@ TRUE_IMPORTANCE = {"fact": 8, "distractor": 3, "routine": 2, "reflection": 8}
 START, END, STEP = 7 * 60, 21 * 60, 10          # minutes; the question comes at END
 EVENTS_PER_DAY = 4
 DECAY = 0.995                                   # recency per game hour, the paper's
+EMBEDDERS = ("hashing", "minilm")
 AGENTS = ("last-k window", "relevance only", "memory stream", "memory stream + reflection")
 
 
@@ -92,6 +95,7 @@ class Rates:
     importance_noise: float = 0.2     # probability that a rating is uniformly random
     misread: float = 0.1              # probability that the reader (and reflector) misreads a memory
     threshold: int = 100              # summed importance that triggers a reflection
+    embedder: str = "hashing"         # relevance from "hashing" (the notebook's) or "minilm" (a sentence model)
 
     def __post_init__(self):
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -100,6 +104,8 @@ class Rates:
             _rate(name, getattr(self, name))
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or self.threshold < 1:
             raise ValueError(f"threshold must be a positive int, got {self.threshold!r}")
+        if self.embedder not in EMBEDDERS:
+            raise ValueError(f"embedder must be one of {EMBEDDERS}, got {self.embedder!r}")
 
 
 @dataclass(frozen=True)
@@ -195,18 +201,42 @@ class SimulatedReader:
         return self.rng.choice(PLACES) if guess else None
 
 
-@functools.lru_cache(maxsize=None)
-def _embedding(text: str) -> np.ndarray:
-    """The notebook's embedder (hashing TF-IDF, 1024 buckets), as a float64 unit vector, once per text."""
-    vector = _embedder().embed([text])[0].double().numpy()
-    return vector / np.linalg.norm(vector)      # renormalised in float64, so a dot product is the cosine
+def all_texts() -> list[str]:
+    """Every text a day, a question or a reflection can hold (sorted): what the embedder must cover."""
+    texts = set(ROUTINE)
+    for subject in SUBJECTS:
+        texts.add(QUESTION.format(subject=subject))
+        for place in PLACES:
+            texts.add(REFLECTION.format(subject=subject, place=place))
+            for name in NAMES:
+                texts.update(t.format(name=name, subject=subject, place=place) for t in (FACT, *DISTRACTORS))
+    return sorted(texts)
 
 
-@functools.lru_cache(maxsize=1)
-def _embedder():
-    from .embeddings import HashingEmbedder
+@functools.lru_cache(maxsize=2)
+def _table(embedder: str) -> dict[str, np.ndarray]:
+    """All texts embedded in one call, in a fixed order (so MiniLM's batches, and its padding, are always the
+    same), as float64 unit vectors: the notebook's hashing TF-IDF (1024 buckets) or MiniLM."""
+    texts = all_texts()
+    vectors = _embedder(embedder).embed(texts).double().numpy()
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)   # renormalised in float64: a dot product is the cosine
+    return dict(zip(texts, vectors))
 
-    return HashingEmbedder(1024)
+
+def _embedding(text: str, embedder: str = "hashing") -> np.ndarray:
+    try:
+        return _table(embedder)[text]
+    except KeyError:
+        raise ValueError(f"not a text of this task: {text!r}") from None
+
+
+@functools.lru_cache(maxsize=2)
+def _embedder(kind: str):
+    from .embeddings import get_embedder
+
+    if kind not in EMBEDDERS:
+        raise ValueError(f"embedder must be one of {EMBEDDERS}, got {kind!r}")
+    return get_embedder(kind, dim=1024)          # "minilm" raises ImportError, saying what to install, when absent
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -214,21 +244,22 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return (x - x.min()) / span if span > 0 else np.zeros_like(x)
 
 
-def stream_scores(memories: list[Memory], query: str, now: float, weights=(1.0, 1.0, 1.0)) -> np.ndarray:
+def stream_scores(memories: list[Memory], query: str, now: float, weights=(1.0, 1.0, 1.0),
+                  embedder: str = "hashing") -> np.ndarray:
     """The paper's score per memory: w . (N(recency), N(importance), N(relevance)), in float64."""
     recency = DECAY ** (now - np.array([m.last_accessed for m in memories]))
     importance = np.array([float(m.importance) for m in memories])
-    q = _embedding(query)
-    relevance = np.array([float(_embedding(m.text) @ q) for m in memories])   # unit vectors: cosine
+    q = _embedding(query, embedder)
+    relevance = np.array([float(_embedding(m.text, embedder) @ q) for m in memories])   # unit vectors: cosine
     w_rec, w_imp, w_rel = weights
     return w_rec * _normalise(recency) + w_imp * _normalise(importance) + w_rel * _normalise(relevance)
 
 
-def _retrieve(memories: list[Memory], query: str, now: float, k: int, weights) -> list[Memory]:
+def _retrieve(memories: list[Memory], query: str, now: float, k: int, weights, embedder: str) -> list[Memory]:
     """Top k by score (rounded to 1e-9 so float noise cannot reorder), ties to the newer; refreshes them."""
     if not memories:
         return []
-    scores = stream_scores(memories, query, now, weights)
+    scores = stream_scores(memories, query, now, weights, embedder)
     order = sorted(range(len(memories)), key=lambda i: (-round(float(scores[i]), 9), -memories[i].created, -i))[:k]
     for i in order:
         memories[i].last_accessed = now
@@ -239,7 +270,7 @@ def _reflect(stream: list[Memory], now: float, rates: Rates, rater: SimulatedRat
     """Ask where the events of the 3 most important memories since the last reflection are; store what is read."""
     for subject in dict.fromkeys(m.subject for m in sorted(
             (m for m in _since_reflection(stream)), key=lambda m: (-m.importance, -m.created))[:3] if m.subject):
-        evidence = _retrieve(stream, QUESTION.format(subject=subject), now, rates.k, (1.0, 1.0, 1.0))
+        evidence = _retrieve(stream, QUESTION.format(subject=subject), now, rates.k, (1.0, 1.0, 1.0), rates.embedder)
         place = reader.read(evidence, subject, guess=False)
         if place is not None:
             stream.append(Memory(len(stream), REFLECTION.format(subject=subject, place=place), "reflection", now, now,
@@ -272,7 +303,7 @@ def answer(day: Day, agent: str, rates: Rates, seed: int) -> tuple[str, bool, in
         retrieved = sorted(stream, key=lambda m: (-m.created, -m.id))[:rates.k]
     else:
         weights = (0.0, 0.0, 1.0) if agent == "relevance only" else (1.0, 1.0, 1.0)
-        retrieved = _retrieve(stream, day.question, now, rates.k, weights)
+        retrieved = _retrieve(stream, day.question, now, rates.k, weights, rates.embedder)
     reached = any(m.subject == day.subject and m.place == day.answer and m.kind in ("fact", "reflection")
                   for m in retrieved)
     return reader.read(retrieved, day.subject), reached, sum(m.kind == "reflection" for m in stream)
