@@ -118,3 +118,35 @@ def test_an_unknown_embedder_or_text_is_refused():
         sm.Rates(embedder="word2vec")
     with pytest.raises(ValueError, match="not a text of this task"):
         sm.stream_scores([sm.Memory(0, "a text no day holds", "routine", 8.0, 8.0, 2)], "Where is the pub tonight?", 9.0)
+
+
+def test_the_committed_table_has_five_seeds_of_200_days_for_every_point_and_agent():
+    from collections import Counter
+
+    from course import bench
+    from course.checks.generative_agents import MEMORY_CSV
+
+    rows, tags = bench.load_csv(MEMORY_CSV)
+    assert tags["seeds"] == "0 1 2 3 4" and tags["days_per_seed"] == "200"
+    counts = Counter((r["sweep"], r["value"], r["agent"]) for r in rows)
+    assert set(counts.values()) == {5}
+    assert {agent for _, _, agent in counts} == set(sm.AGENTS)
+    assert {r["embedder"] for r in rows} == set(sm.EMBEDDERS)
+    assert all(r["days"] == 200 and 0.0 <= r["accuracy"] <= 1.0 for r in rows)
+
+
+def test_the_script_runs_quickly_and_writes_nothing_with_quick(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from course.checks.generative_agents import MEMORY_CSV
+
+    before = MEMORY_CSV.read_bytes()
+    script = Path(__file__).resolve().parents[1] / "scripts" / "generative_agents_memory.py"
+    done = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ, "COURSE_HEADLESS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "k 1:" in done.stdout and "k 3:" in done.stdout
+    assert MEMORY_CSV.read_bytes() == before
