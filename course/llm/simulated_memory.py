@@ -268,8 +268,8 @@ def _retrieve(memories: list[Memory], query: str, now: float, k: int, weights, e
 
 def _reflect(stream: list[Memory], now: float, rates: Rates, rater: SimulatedRater, reader: SimulatedReader):
     """Ask where the events of the 3 most important memories since the last reflection are; store what is read."""
-    for subject in dict.fromkeys(m.subject for m in sorted(
-            (m for m in _since_reflection(stream)), key=lambda m: (-m.importance, -m.created))[:3] if m.subject):
+    salient = sorted(_since_reflection(stream), key=lambda m: (-m.importance, -m.created))[:3]
+    for subject in dict.fromkeys(m.subject for m in salient if m.subject):   # routine memories name no event
         evidence = _retrieve(stream, QUESTION.format(subject=subject), now, rates.k, (1.0, 1.0, 1.0), rates.embedder)
         place = reader.read(evidence, subject, guess=False)
         if place is not None:
