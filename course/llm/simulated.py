@@ -32,7 +32,7 @@ from .. import bench
 
 __all__ = ["Program", "load_programs", "SimulatedCoder", "one_draft", "retry_on_examples", "reflexion",
            "self_refine", "pass_rate",
-           "Edit", "load_edits", "fix_bug", "fix_rate"]
+           "Edit", "load_edits", "fix_bug", "fix_rate", "probability"]
 
 PROGRAMS_CSV = Path(__file__).resolve().parents[1] / "results" / "humaneval_programs.csv"
 
@@ -66,7 +66,8 @@ def load_programs(path: str | Path = PROGRAMS_CSV) -> dict[str, list[Program]]:
     return table
 
 
-def _rate(name: str, value: float) -> float:
+def probability(name: str, value: float) -> float:
+    """``value`` as a float if it is a probability, else a ValueError naming the rate ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
     return float(value)
@@ -76,7 +77,7 @@ class SimulatedCoder:
     """Writes the reference program with probability ``p``, else a mutant chosen uniformly."""
 
     def __init__(self, p: float, rng: random.Random):
-        self.p = _rate("p", p)
+        self.p = probability("p", p)
         self.rng = rng
 
     def draft(self, programs: list[Program], p: float | None = None) -> Program:
@@ -106,7 +107,7 @@ def retry_on_examples(programs: list[Program], coder: SimulatedCoder, attempts: 
 def reflexion(programs: list[Program], coder: SimulatedCoder, attempts: int, *, r: float,
               p_fix: float) -> tuple[Program, int]:
     """As :func:`retry_on_examples`, with a reflection after each failure that is right with probability ``r``."""
-    _rate("r", r), _rate("p_fix", p_fix)
+    probability("r", r), probability("p_fix", p_fix)
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
     program = coder.draft(programs)
@@ -125,7 +126,7 @@ def self_refine(programs: list[Program], coder: SimulatedCoder, rounds: int, *, 
     verdict); an accepted one ends the loop, as does the round budget. The critic is the only
     signal, so the loop can select for correct programs only as far as ``q`` beats a coin.
     """
-    _rate("q", q)
+    probability("q", q)
     if rounds < 0:
         raise ValueError(f"rounds must be >= 0, got {rounds}")
     program, used = coder.draft(programs), 1
@@ -170,7 +171,7 @@ def fix_bug(edits: list[Edit], rng: random.Random, *, slip_rate: float, guardrai
     without it the first edit is written whatever it does and the editor moves on.
     Returns (the file passes the hidden tests, edit commands used).
     """
-    _rate("slip_rate", slip_rate)
+    probability("slip_rate", slip_rate)
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1, got {attempts}")
     right, slipped = edits[0], edits[1:]

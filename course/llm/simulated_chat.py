@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .chat import MESSAGE_OVERHEAD_TOKENS, approx_tokens
-from .simulated import Program, SimulatedCoder, _rate
+from .simulated import Program, SimulatedCoder, probability
 
 __all__ = ["CODER", "EXECUTOR", "CRITIC", "SPEAKERS", "ChatTask", "ChatOutcome", "make_tasks", "right_speaker",
            "single_agent", "coder_executor", "group_chat", "run_mechanism", "MECHANISMS"]
@@ -184,7 +184,7 @@ def group_chat(task: ChatTask, coder: SimulatedCoder, critic_rng: random.Random,
     A model-selected turn costs a manager call that reads the whole chat; round-robin costs nothing
     and cycles coder -> executor -> critic.
     """
-    _rate("m", m), _rate("q", q), _turns(max_turns)
+    probability("m", m), probability("q", q), _turns(max_turns)
     ledger, program, event, failed_examples = _Ledger(task), None, "task", False
     for turn in range(max_turns):
         if manager_rng is None:

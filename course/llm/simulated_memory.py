@@ -55,6 +55,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .simulated import probability
+
 __all__ = ["Rates", "Observation", "Memory", "Day", "make_day", "SimulatedRater", "SimulatedReader",
            "stream_scores", "AGENTS", "answer", "run_day", "accuracy", "with_rate"]
 
@@ -80,12 +82,6 @@ EMBEDDERS = ("hashing", "minilm")
 AGENTS = ("last-k window", "relevance only", "memory stream", "memory stream + reflection")
 
 
-def _rate(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
-    return float(value)
-
-
 @dataclass(frozen=True)
 class Rates:
     """The stated rates of one setting: retrieval budget k and the three error/noise rates."""
@@ -101,7 +97,7 @@ class Rates:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"k must be a positive int, got {self.k!r}")
         for name in ("distractors", "importance_noise", "misread"):
-            _rate(name, getattr(self, name))
+            probability(name, getattr(self, name))
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or self.threshold < 1:
             raise ValueError(f"threshold must be a positive int, got {self.threshold!r}")
         if self.embedder not in EMBEDDERS:
@@ -147,7 +143,7 @@ class Day:
 
 def make_day(task_id: str, seed: int, distractors: float) -> Day:
     """The day of task ``task_id`` for ``seed``: events, places, fact times, distractors, the question."""
-    _rate("distractors", distractors)
+    probability("distractors", distractors)
     rng = random.Random(f"{seed}:{task_id}:day")
     subjects = rng.sample(SUBJECTS, EVENTS_PER_DAY)
     places = dict(zip(subjects, rng.sample(PLACES, EVENTS_PER_DAY)))
@@ -174,7 +170,7 @@ class SimulatedRater:
     """Rates importance as a careful rater would, except with probability ``noise``: uniform 1..10."""
 
     def __init__(self, noise: float, rng: random.Random):
-        self.noise, self.rng = _rate("importance_noise", noise), rng
+        self.noise, self.rng = probability("importance_noise", noise), rng
 
     def rate(self, kind: str) -> int:
         if kind not in TRUE_IMPORTANCE:
@@ -186,7 +182,7 @@ class SimulatedReader:
     """Answers where ``subject`` is from retrieved memories (best first); misreads with probability ``misread``."""
 
     def __init__(self, misread: float, rng: random.Random):
-        self.misread, self.rng = _rate("misread", misread), rng
+        self.misread, self.rng = probability("misread", misread), rng
 
     def read(self, retrieved: list[Memory], subject: str, *, guess: bool = True) -> str | None:
         about = [m for m in retrieved if m.subject == subject]
