@@ -42,7 +42,10 @@ How it decides where a tensor would live
 
 What it does not see: tensors made outside ATen (``torch.from_numpy``, storages ``torch.load``
 builds) start on the CPU, which is where a GPU run would have them too; ``.cuda()`` and
-``x.is_cuda`` are not simulated (no notebook cell or course module here uses them). A static lint
+``x.is_cuda`` are not simulated (no notebook cell or course module here uses them), nor is
+``x.to(other_tensor)`` (its result stays where ``x`` was: reported if it reaches a launch, never hidden).
+Hooks that run outside a handled call (tensor hooks, checkpoint recomputation) see real devices;
+none of 02-04 uses them. A static lint
 of the cells would miss tensors made inside ``course`` code, which this follows.
 
 Cost: the two modes make torch ops slower (a TinyGPT training step took 2.3x its CPU time, measured
@@ -115,6 +118,7 @@ class SimulatedGpu:
         self._seen: set[tuple] = set()
         self.cpu_seconds: dict[str, float] = {}  # kernel CPU time per cell, under the simulation
         self._started = time.process_time()
+        self.modes: list = []  # the function and dispatch modes install() pushes
 
     def enter(self, cell: str) -> None:
         """The driver says which notebook cell runs next."""
@@ -246,25 +250,29 @@ class _Devices(TorchFunctionMode):
         """``x.cpu()``, or ``x.to(...)`` naming a CPU device (not ``x.to(dtype)``, which stays put)."""
         if func is torch.Tensor.cpu:
             return True
-        if func is not torch.Tensor.to or any(isinstance(a, torch.Tensor) for a in args[1:]):
-            return False
-        try:
-            device = torch._C._nn._parse_to(*args[1:], **{k: v for k, v in kwargs.items() if k != "copy"})[0]
-        except (TypeError, RuntimeError):
-            return False
-        return device is not None and device.type == "cpu" and not _wants_marker(device)
+        target = _to_target(args, kwargs) if func is torch.Tensor.to else None
+        return target is not None and target[0] is not None and target[0].type == "cpu" and not _wants_marker(target[0])
 
     def _already_there(self, args, kwargs) -> bool:
         """``x.to(DEVICE)`` (dtype unchanged) of a tensor already on the simulated GPU returns ``x``."""
-        x, rest = args[0], args[1:]
-        if kwargs.get("copy") or not self.gpu.on_gpu(x) or any(isinstance(a, torch.Tensor) for a in rest):
+        target = None if kwargs.get("copy") or not self.gpu.on_gpu(args[0]) else _to_target(args, kwargs)
+        if target is None:
             return False
-        try:
-            device, dtype, _, memory_format = torch._C._nn._parse_to(*rest, **{k: v for k, v in kwargs.items()
-                                                                             if k != "non_blocking"})
-        except (TypeError, RuntimeError):
-            return False
-        return _wants_marker(device) and dtype in (None, x.dtype) and memory_format is None
+        device, dtype, memory_format = target
+        return _wants_marker(device) and dtype in (None, args[0].dtype) and memory_format is None
+
+
+def _to_target(args, kwargs):
+    """(device, dtype, memory_format) that ``x.to(*args[1:], **kwargs)`` asks for, or None when it
+    names another tensor (``x.to(y)``) or cannot be parsed."""
+    if any(isinstance(a, torch.Tensor) for a in args[1:]):
+        return None
+    try:
+        device, dtype, _, memory_format = torch._C._nn._parse_to(*args[1:], **{k: v for k, v in kwargs.items()
+                                                                              if k != "copy"})
+    except (TypeError, RuntimeError):
+        return None
+    return device, dtype, memory_format
 
 
 def _backward_sees_devices(mode: _Devices) -> None:
