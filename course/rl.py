@@ -1,15 +1,18 @@
 """Reinforcement learning on a TinyGPT: the pieces notebooks 09 (InstructGPT) and 10 (GRPO) share.
 
 * the verifiable task (:func:`addition_task`) and a policy sized for it (:func:`tiny_policy`);
-* prompts are left-padded to one width so a batch generates in lock step (:func:`encode_prompts`);
+* prompts are left-padded to one width so a batch generates in lock step (:func:`encode_prompts`); the
+  training and evaluation loops hide that padding from the model (:func:`left_padding_mask`, TinyGPT's
+  ``attention_mask``), so a prompt's log-probs, samples and rewards do not depend on how far it was padded;
 * :func:`sample_completions` draws completions and records the sampling log-probs;
 * :func:`completion_mask` keeps the tokens up to and including the first stop token;
 * :func:`token_logprobs` recomputes log pi(token) for completions, with gradients;
 * :func:`sft_loss` / :func:`train_sft`: next-token loss on the response only (prompt masked);
 * evaluation: :func:`greedy_accuracy`, :func:`pass_at_k` (unbiased), :func:`majority_correct`, :func:`pass_and_maj`;
 * the GRPO reference pieces (:func:`group_advantages`, :func:`process_advantages`, :func:`kl_k3`,
-  :func:`grpo_loss`, :func:`prefix_step_rewards`, :func:`rft_examples`) and the training loop
-  :func:`train_grpo`, which takes the learner's versions as arguments.
+  :func:`aggregate`, :func:`grpo_loss`, all in :mod:`course.grpo_objectives` and re-exported here;
+  :func:`prefix_step_rewards`, :func:`rft_examples`) and the training loop :func:`train_grpo`, which
+  takes the learner's versions as arguments.
 
 Everything is seeded and CPU-sized: a 2-layer, 64-wide TinyGPT trains here in seconds.
 """
@@ -27,9 +30,12 @@ import torch.nn.functional as F
 
 from . import runtime
 from .data import CharTokenizer, Example, is_correct
+from .grpo_objectives import (  # noqa: F401  (re-exported: notebooks and checks call rl.grpo_loss & co.)
+    AGGREGATIONS, aggregate, group_advantages, grpo_loss, kl_k3, process_advantages,
+)
 from .models.tinygpt import TinyGPT
 
-PAD = " "  # prompts are left-padded with spaces (the model sees them in SFT too)
+PAD = " "  # prompts are left-padded with spaces; training and evaluation hide them (left_padding_mask)
 STOP = "\n"  # a completion ends at the first newline
 
 
@@ -62,6 +68,18 @@ def padding_mask(prompts: Sequence[str], width: int) -> torch.Tensor:
     return torch.arange(width) >= torch.tensor([width - len(p) for p in prompts]).unsqueeze(1)
 
 
+def left_padding_mask(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """(B, L) bool: False on each row's leading ``pad_id`` tokens, True from its first other token on.
+
+    For rows that start with a left-padded prompt (:func:`encode_prompts`; no course prompt starts with
+    a space) this equals :func:`padding_mask` over the prompt, then True on whatever follows it (the
+    completion, an answer, right padding), so it can be read off any sequence the loops build.
+    """
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
+        raise ValueError(f"ids must be a (batch, time) long tensor, got {getattr(ids, 'shape', ids)!r:.60}")
+    return torch.cumsum((ids != pad_id).long(), dim=1) > 0
+
+
 def completion_mask(completions: torch.Tensor, stop_id: int) -> torch.Tensor:
     """Float mask (B, T): 1 for tokens up to and including the first ``stop_id``, 0 after it."""
     if completions.dim() != 2:
@@ -79,7 +97,8 @@ def sample_completions(model: TinyGPT, prompt_ids: torch.Tensor, max_new_tokens:
 
     ``logprobs[b, t]`` is log pi(completions[b, t] | prefix) under softmax(logits / temperature),
     the distribution that was sampled from (what PPO/GRPO call pi_old). ``prompt_mask`` (B, P) bool
-    (:func:`padding_mask`) hides the left padding from the model; None attends to it, as training does.
+    (:func:`padding_mask` or :func:`left_padding_mask`) hides the left padding from the model, as the
+    training loops here do; None lets the model attend to it (notebook 10, section 2.2, shows the difference).
     """
     _require_model(model)
     if prompt_ids.dim() != 2 or prompt_ids.dtype != torch.long:
@@ -88,6 +107,37 @@ def sample_completions(model: TinyGPT, prompt_ids: torch.Tensor, max_new_tokens:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0 (sampling), got {temperature}")
+
+    def draw(logits):
+        logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+        nxt = torch.multinomial(logp.exp(), 1, generator=generator)
+        return nxt, logp.gather(1, nxt)
+
+    return _decode(model, prompt_ids, max_new_tokens, draw, prompt_mask)
+
+
+@torch.no_grad()
+def greedy_completions(model: TinyGPT, prompt_ids: torch.Tensor, max_new_tokens: int, *,
+                       prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, max_new_tokens) greedy tokens (argmax at every step); ``prompt_mask`` as in :func:`sample_completions`.
+
+    Without a mask it gives the tokens of ``model.generate(prompt_ids, n, temperature=0)[:, P:]``."""
+    _require_model(model)
+    if prompt_ids.dim() != 2 or prompt_ids.dtype != torch.long:
+        raise ValueError(f"prompt_ids must be (batch, time) long, got {tuple(prompt_ids.shape)} {prompt_ids.dtype}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+
+    def argmax(logits):
+        nxt = logits.argmax(dim=-1, keepdim=True)
+        return nxt, torch.zeros(nxt.shape)
+
+    return _decode(model, prompt_ids, max_new_tokens, argmax, prompt_mask)[0]
+
+
+def _decode(model: TinyGPT, prompt_ids: torch.Tensor, max_new_tokens: int, pick: Callable,
+            prompt_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per step with a KV cache: ``pick(logits (B, V)) -> (token (B, 1), log-prob (B, 1))``."""
     if prompt_ids.shape[1] + max_new_tokens > model.config.block_size:
         raise ValueError(f"prompt ({prompt_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"block_size={model.config.block_size}")
@@ -100,10 +150,9 @@ def sample_completions(model: TinyGPT, prompt_ids: torch.Tensor, max_new_tokens:
     logits = model(prompt_ids, cache=cache, attention_mask=seen)[:, -1, :]
     tokens, logps = [], []
     for t in range(max_new_tokens):
-        logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-        nxt = torch.multinomial(logp.exp(), 1, generator=generator)
+        nxt, logp = pick(logits)
         tokens.append(nxt)
-        logps.append(logp.gather(1, nxt))
+        logps.append(logp)
         if t + 1 < max_new_tokens:
             if seen is not None:
                 seen = torch.cat([seen, torch.ones_like(nxt, dtype=torch.bool)], dim=1)
@@ -125,7 +174,7 @@ def token_logprobs(model: TinyGPT, prompt_ids: torch.Tensor, completions: torch.
                    temperature: float = 1.0, prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
     """log pi(completions[b, t] | prompt, completions[b, :t]) for every t: (B, T), with gradients.
 
-    ``prompt_mask`` as in :func:`sample_completions`."""
+    ``prompt_mask`` as in :func:`sample_completions` (the training loops pass one)."""
     _require_model(model)
     if prompt_ids.dim() != 2 or completions.dim() != 2 or prompt_ids.shape[0] != completions.shape[0]:
         raise ValueError(f"prompt_ids (B, P) and completions (B, T) must share B; got "
@@ -165,16 +214,20 @@ def response_mask(seq: torch.Tensor, prompt_width: int, stop_id: int) -> torch.T
     return torch.cat([prompt, completion_mask(seq[:, prompt_width:], stop_id)], dim=1)
 
 
-def response_logprobs(model: TinyGPT, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def response_logprobs(model: TinyGPT, seq: torch.Tensor, mask: torch.Tensor, *,
+                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """(B, L) with gradients: ``log pi(seq[b, t] | seq[b, :t])`` where ``mask[b, t]`` is 1, 0 elsewhere.
 
     The logits at position t predict token t + 1, so token t is scored by the logits at t - 1 (and
     position 0, which nothing predicts, is 0). A row's sum is log pi(response | prompt).
+    ``attention_mask`` (B, L) bool (:func:`left_padding_mask`) hides the prompt's padding.
     """
     _require_model(model)
     if seq.dim() != 2 or mask.shape != seq.shape:
         raise ValueError(f"seq (B, L) and mask must share one shape, got {tuple(seq.shape)} and {tuple(mask.shape)}")
-    logp = torch.log_softmax(model(seq[:, :-1]).float(), dim=-1).gather(2, seq[:, 1:].unsqueeze(-1)).squeeze(-1)
+    seen = None if attention_mask is None else _check_prompt_mask(attention_mask, seq)[:, :-1]
+    logits = model(seq[:, :-1], attention_mask=seen).float()
+    logp = torch.log_softmax(logits, dim=-1).gather(2, seq[:, 1:].unsqueeze(-1)).squeeze(-1)
     return F.pad(logp, (1, 0)) * mask
 
 
@@ -237,36 +290,57 @@ def sft_batch(tok: CharTokenizer, examples: Sequence[Example], width: int) -> tu
     return ids, mask
 
 
-def sft_loss(model: TinyGPT, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the response tokens only (``mask`` from :func:`sft_batch`)."""
+def sft_loss(model: TinyGPT, ids: torch.Tensor, mask: torch.Tensor, *,
+             attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the response tokens only (``mask`` from :func:`sft_batch`).
+
+    ``attention_mask`` (B, L) bool (:func:`left_padding_mask` of ``ids``) hides the prompt's left
+    padding, as :func:`train_sft` does; None lets the model attend to it (notebook 09's exercise)."""
     _require_model(model)
     if mask.shape != (ids.shape[0], ids.shape[1] - 1):
         raise ValueError(f"mask must have shape (B, L-1) = {(ids.shape[0], ids.shape[1] - 1)}, got {tuple(mask.shape)}")
-    logits = model(ids[:, :-1])
+    seen = None if attention_mask is None else _check_prompt_mask(attention_mask, ids)[:, :-1]
+    logits = model(ids[:, :-1], attention_mask=seen)
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none")
     return (nll * mask.reshape(-1)).sum() / mask.sum().clamp_min(1.0)
 
 
 def train_sft(model: TinyGPT, tok: CharTokenizer, examples: Sequence[Example], *, width: int, steps: int,
-              batch_size: int = 64, lr: float = 3e-3, seed: int = 0) -> list[float]:
-    """AdamW on :func:`sft_loss` for ``steps`` random minibatches; returns the loss per step."""
+              batch_size: int = 64, lr: float = 3e-3, seed: int = 0, mask_padding: bool = True,
+              eval_every: int | None = None,
+              on_eval: Callable[[int, TinyGPT, float], None] | None = None) -> list[float]:
+    """AdamW on :func:`sft_loss` for ``steps`` random minibatches; returns the loss per step.
+
+    ``mask_padding`` (default) hides the prompts' left padding from the model; False attends to it
+    (how notebook 09's committed runs were trained). With ``eval_every``, ``on_eval(step, model,
+    training_seconds)`` is called every that many steps and after the last, in eval mode; the one
+    optimiser carries on across evaluations (the scripts of notebook 10 compare methods this way).
+    """
     _require_model(model)
     if steps < 0 or batch_size < 1:
         raise ValueError(f"steps must be >= 0 and batch_size >= 1, got {steps}, {batch_size}")
     if not examples:
         raise ValueError("examples must be a non-empty sequence of Examples")
+    if (eval_every is None) != (on_eval is None) or (eval_every is not None and eval_every < 1):
+        raise ValueError(f"give both eval_every (>= 1) and on_eval, or neither; got {eval_every}, {on_eval}")
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    model.train()
-    losses = []
-    for _ in range(steps):
+    losses, spent = [], 0.0
+    for step in range(1, steps + 1):
+        start = time.perf_counter()
+        model.train()
         pick = torch.randint(len(examples), (batch_size,), generator=g).tolist()
         ids, mask = sft_batch(tok, [examples[i] for i in pick], width)
-        loss = sft_loss(model, ids, mask)
+        seen = left_padding_mask(ids, tok.stoi[PAD]) if mask_padding else None
+        loss = sft_loss(model, ids, mask, attention_mask=seen)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        model.eval()
+        spent += time.perf_counter() - start
+        if on_eval is not None and (step % eval_every == 0 or step == steps):
+            on_eval(step, model, spent)
     model.eval()
     return losses
 
@@ -300,23 +374,29 @@ def majority_correct(example: Example, completions: Sequence[str]) -> bool:
 
 @torch.no_grad()
 def greedy_accuracy(model: TinyGPT, tok: CharTokenizer, examples: Sequence[Example], *, width: int,
-                    max_new_tokens: int) -> float:
-    """Fraction of ``examples`` whose greedy completion is exactly right."""
-    ids = encode_prompts(tok, [e.prompt for e in examples], width)
-    out = model.generate(ids, max_new_tokens, temperature=0.0)[:, width:]
+                    max_new_tokens: int, mask_padding: bool = True) -> float:
+    """Fraction of ``examples`` whose greedy completion is exactly right (padding hidden unless
+    ``mask_padding=False``)."""
+    prompts = [e.prompt for e in examples]
+    ids = encode_prompts(tok, prompts, width)
+    out = greedy_completions(model, ids, max_new_tokens,
+                             prompt_mask=padding_mask(prompts, width) if mask_padding else None)
     texts = [tok.decode(row) for row in out]
     return sum(is_correct(e, t) for e, t in zip(examples, texts, strict=True)) / len(examples)
 
 
 @torch.no_grad()
 def sample_texts(model: TinyGPT, tok: CharTokenizer, examples: Sequence[Example], k: int, *, width: int,
-                 max_new_tokens: int, temperature: float = 1.0, seed: int = 0) -> list[list[str]]:
-    """``k`` sampled completions (text) for each example."""
+                 max_new_tokens: int, temperature: float = 1.0, seed: int = 0,
+                 mask_padding: bool = True) -> list[list[str]]:
+    """``k`` sampled completions (text) for each example (padding hidden unless ``mask_padding=False``)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     g = torch.Generator().manual_seed(seed)
-    ids = encode_prompts(tok, [e.prompt for e in examples], width).repeat_interleave(k, 0)
-    comps, _ = sample_completions(model, ids, max_new_tokens, temperature=temperature, generator=g)
+    prompts = [e.prompt for e in examples for _ in range(k)]
+    ids = encode_prompts(tok, prompts, width)
+    comps, _ = sample_completions(model, ids, max_new_tokens, temperature=temperature, generator=g,
+                                  prompt_mask=padding_mask(prompts, width) if mask_padding else None)
     texts = [tok.decode(row) for row in comps]
     return [texts[i * k:(i + 1) * k] for i in range(len(examples))]
 
@@ -332,101 +412,6 @@ def pass_and_maj(samples: Sequence[Sequence[str]], examples: Sequence[Example], 
 
 
 # --- GRPO reference pieces ---------------------------------------------------------------------
-
-
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Outcome supervision: (r - mean) / (std + eps) within each group (row) of ``rewards`` (P, G).
-
-    ``std`` is the population standard deviation of the group (divide by G); a group whose rewards
-    are all equal gets advantage 0 everywhere (nothing to learn from it).
-    """
-    if not isinstance(rewards, torch.Tensor) or rewards.dim() != 2 or not rewards.is_floating_point():
-        raise ValueError(f"rewards must be a float tensor (prompts, group), got {rewards!r:.80}")
-    mean = rewards.mean(dim=1, keepdim=True)
-    std = rewards.std(dim=1, keepdim=True, unbiased=False)
-    return (rewards - mean) / (std + eps)
-
-
-def process_advantages(step_rewards: torch.Tensor, step_ends: torch.Tensor, step_mask: torch.Tensor,
-                       num_tokens: int, eps: float = 1e-6) -> torch.Tensor:
-    """Process supervision (DeepSeekMath section 4.1.3): advantages (P, G, num_tokens).
-
-    ``step_rewards[p, g, k]`` is the reward of step k of output g for prompt p, ``step_ends[p, g, k]``
-    the index of that step's last token, ``step_mask`` marks the steps that exist. Rewards are
-    normalised with the mean and (population) std of all existing steps of the group, and the
-    advantage of token t is the sum of the normalised rewards of the steps that end at or after t.
-    """
-    if step_rewards.dim() != 3 or step_ends.shape != step_rewards.shape or step_mask.shape != step_rewards.shape:
-        raise ValueError(f"step_rewards, step_ends, step_mask must share one (P, G, K) shape, got "
-                         f"{tuple(step_rewards.shape)}, {tuple(step_ends.shape)}, {tuple(step_mask.shape)}")
-    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
-        raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
-    m = step_mask.to(step_rewards.dtype)
-    count = m.sum(dim=(1, 2), keepdim=True).clamp_min(1.0)
-    mean = (step_rewards * m).sum(dim=(1, 2), keepdim=True) / count
-    var = (((step_rewards - mean) * m) ** 2).sum(dim=(1, 2), keepdim=True) / count
-    normed = (step_rewards - mean) / (var.sqrt() + eps) * m  # (P, G, K), 0 on missing steps
-    t = torch.arange(num_tokens, device=step_rewards.device)
-    covers = (step_ends.unsqueeze(-1) >= t).to(step_rewards.dtype)  # (P, G, K, T): step k ends at/after t
-    return (normed.unsqueeze(-1) * covers).sum(dim=2)
-
-
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """The unbiased, non-negative estimator pi_ref/pi - log(pi_ref/pi) - 1 of KL(pi || pi_ref), per token.
-
-    Its *value* estimates KL(pi || pi_ref) on tokens sampled from pi; its *gradient* in a loss is, in
-    expectation, the gradient of the reverse divergence KL(pi_ref || pi) (notebook 10 derives it).
-    """
-    if logp.shape != ref_logp.shape:
-        raise ValueError(f"logp and ref_logp must have one shape, got {tuple(logp.shape)} and {tuple(ref_logp.shape)}")
-    log_ratio = ref_logp - logp
-    return torch.exp(log_ratio) - log_ratio - 1.0
-
-
-AGGREGATIONS = ("sequence-mean", "token-mean", "constant")
-
-
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str = "sequence-mean",
-              max_len: int | None = None) -> torch.Tensor:
-    """Reduce per-token terms (B, T) over the tokens where ``mask`` is 1 to one scalar.
-
-    * ``"sequence-mean"`` (GRPO paper): each row's mean over its own tokens (1/|o_i|), then the mean
-      over rows (1/G);
-    * ``"token-mean"`` (DAPO): the sum over every token of the batch / the number of those tokens;
-    * ``"constant"`` (Dr. GRPO): the sum over every token / (B * ``max_len``), ``max_len`` defaulting
-      to T, the generation budget, so a token's weight does not depend on any length.
-    """
-    if per_token.dim() != 2 or mask.shape != per_token.shape:
-        raise ValueError(f"per_token and mask must share one (B, T) shape, got {tuple(per_token.shape)} "
-                         f"and {tuple(mask.shape)}")
-    mask = mask.to(per_token.dtype)
-    if aggregation == "sequence-mean":
-        return ((per_token * mask).sum(1) / mask.sum(1).clamp_min(1.0)).mean()
-    if aggregation == "token-mean":
-        return (per_token * mask).sum() / mask.sum().clamp_min(1.0)
-    if aggregation == "constant":
-        max_len = per_token.shape[1] if max_len is None else max_len
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
-        return (per_token * mask).sum() / (per_token.shape[0] * max_len)
-    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-
-
-def grpo_loss(logp, old_logp, ref_logp, advantages, mask, *, clip_eps=0.2, beta=0.04, aggregation="sequence-mean"):
-    """-J_GRPO: clipped surrogate per token minus beta * KL, reduced by :func:`aggregate` (by default
-    the paper's: averaged over each completion, then over the batch).
-
-    All arguments are (B, T); ``advantages`` holds outcome advantages broadcast over the tokens of a
-    completion, or process advantages; ``mask`` is 1 on the tokens of each completion.
-    """
-    shape = logp.shape
-    for name, value in (("old_logp", old_logp), ("ref_logp", ref_logp), ("advantages", advantages), ("mask", mask)):
-        if value.shape != shape:
-            raise ValueError(f"{name} must have the shape of logp {tuple(shape)}, got {tuple(value.shape)}")
-    ratio = torch.exp(logp - old_logp)
-    surrogate = torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * advantages)
-    per_token = surrogate - beta * kl_k3(logp, ref_logp)
-    return -aggregate(per_token, mask, aggregation)
 
 
 def accumulate_gradients(model: TinyGPT, seq: torch.Tensor, mask: torch.Tensor, old_logp: torch.Tensor,
@@ -494,7 +479,7 @@ def train_grpo(policy: TinyGPT, ref: TinyGPT, tok: CharTokenizer, train: Sequenc
                supervision: str = "outcome", advantages: Callable = group_advantages,
                process: Callable = process_advantages, loss: Callable = grpo_loss,
                reward: Callable[[Example, str], float] | None = None,
-               time_budget_s: float | None = None,
+               time_budget_s: float | None = None, mask_padding: bool = True,
                on_log: Callable[[GRPOHistory], None] | None = None) -> GRPOHistory:
     """GRPO (iterative=False: ``ref`` stays the SFT model): sample ``group_size`` completions per
     prompt, score them, and take ``inner_epochs`` steps on the clipped objective with a KL penalty
@@ -505,6 +490,8 @@ def train_grpo(policy: TinyGPT, ref: TinyGPT, tok: CharTokenizer, train: Sequenc
     :func:`prefix_step_rewards` and turns them into per-token advantages with ``process``. Held-out
     greedy accuracy is logged every ``eval_every`` steps (then ``on_log(history)`` is called);
     ``time_budget_s`` stops once that many training seconds (evaluation excluded) are spent.
+    ``mask_padding`` (default) hides the prompts' left padding from both models when sampling, scoring
+    log-probs and evaluating; False attends to it.
     """
     _require_model(policy)
     _require_model(ref)
@@ -525,7 +512,7 @@ def train_grpo(policy: TinyGPT, ref: TinyGPT, tok: CharTokenizer, train: Sequenc
     def log(step, r, kl):
         hist.step.append(step)
         hist.heldout_accuracy.append(greedy_accuracy(policy, tok, heldout, width=width,
-                                                     max_new_tokens=max_new_tokens))
+                                                     max_new_tokens=max_new_tokens, mask_padding=mask_padding))
         hist.train_reward.append(r)
         hist.kl.append(kl)
         hist.seconds.append(spent)
@@ -538,7 +525,8 @@ def train_grpo(policy: TinyGPT, ref: TinyGPT, tok: CharTokenizer, train: Sequenc
         batch = [train[i] for i in torch.randint(len(train), (prompts_per_step,), generator=g).tolist()]
         rows = [e for e in batch for _ in range(group_size)]
         ids = encode_prompts(tok, [e.prompt for e in batch], width).repeat_interleave(group_size, 0)
-        comps, old_logp = sample_completions(policy, ids, max_new_tokens, generator=g)
+        seen = left_padding_mask(ids, tok.stoi[PAD]) if mask_padding else None
+        comps, old_logp = sample_completions(policy, ids, max_new_tokens, generator=g, prompt_mask=seen)
         mask = completion_mask(comps, stop_id)
         texts = [tok.decode(row) for row in comps]
         r = torch.tensor([reward(e, t) for e, t in zip(rows, texts, strict=True)], dtype=torch.float32)
@@ -550,10 +538,10 @@ def train_grpo(policy: TinyGPT, ref: TinyGPT, tok: CharTokenizer, train: Sequenc
             ends = torch.arange(comps.shape[1]).expand(shape)
             adv = process(steps_r.view(shape), ends, mask.bool().view(shape), comps.shape[1]).reshape(comps.shape)
         with torch.no_grad():
-            ref_logp = token_logprobs(ref, ids, comps)
+            ref_logp = token_logprobs(ref, ids, comps, prompt_mask=seen)
         policy.train()
         for _ in range(inner_epochs):
-            logp = token_logprobs(policy, ids, comps)
+            logp = token_logprobs(policy, ids, comps, prompt_mask=seen)
             value = loss(logp, old_logp, ref_logp, adv, mask, clip_eps=clip_eps, beta=beta)
             opt.zero_grad()
             value.backward()
@@ -563,7 +551,8 @@ def train_grpo(policy: TinyGPT, ref: TinyGPT, tok: CharTokenizer, train: Sequenc
         out_of_time = time_budget_s is not None and spent >= time_budget_s
         if step % eval_every == 0 or step == steps or out_of_time:
             with torch.no_grad():
-                kl = ((kl_k3(token_logprobs(policy, ids, comps), ref_logp) * mask).sum() / mask.sum()).item()
+                logp = token_logprobs(policy, ids, comps, prompt_mask=seen)
+                kl = ((kl_k3(logp, ref_logp) * mask).sum() / mask.sum()).item()
             log(step, r.mean().item(), kl)
         if out_of_time:
             break

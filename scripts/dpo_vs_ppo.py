@@ -6,7 +6,7 @@
 wrote the committed CSVs in 1647 s of wall time (2 CPU cores shared with other jobs, load average 10-14; about
 500-600 s per seed).
 
-For each seed, builds the notebook's world with the recipe of scripts/sweep_ppo_kl.py (SFT of
+For each seed, builds the notebook's world with course.rlhf.build_preference_world (SFT of
 instructgpt-base on the demonstrations, K = 4 comparisons per prompt ranked by noisy Bradley-Terry
 labelers, a reward model trained on all K choose 2 pairs), then trains from the same SFT model:
 
@@ -91,19 +91,11 @@ def main():
     for seed in SEEDS:
         t_seed = time.perf_counter()
         course.seed_everything(seed)
-        sft = load_pretrained("instructgpt-base")
-        rl.train_sft(sft, tok, sft_prompts, width=W, steps=SFT_STEPS, batch_size=32, lr=3e-3, seed=seed)
-        comparisons = rlhf.collect_comparisons(sft, tok, rm_prompts, k=4, width=W, max_new_tokens=T,
-                                               seed=3 + 100 * seed, label_temperature=0.05)
-        held_comparisons = rlhf.collect_comparisons(sft, tok, heldout, k=4, width=W, max_new_tokens=T,
-                                                    seed=4 + 100 * seed, label_temperature=0.05)
-        rm = rlhf.ScalarHeadGPT(copy.deepcopy(sft))
-        rlhf.train_reward_model(rm, comparisons, steps=RM_STEPS, batch_prompts=32, lr=1e-3, seed=seed)
-        rm_acc = rlhf.pairwise_accuracy(rm, held_comparisons)
-        with torch.no_grad():
-            p, k, length = comparisons.ids.shape
-            offset = rlhf.reward_scores(rm, comparisons.ids.view(p * k, length), W).mean().item()
-        proxy = rlhf.rm_reward_fn(rm, tok, width=W, length=T + 1, offset=offset)
+        world = rlhf.build_preference_world(load_pretrained("instructgpt-base"), tok, sft_prompts=sft_prompts,
+                                            rm_prompts=rm_prompts, heldout=heldout, width=W, max_new_tokens=T,
+                                            seed=seed, sft_steps=SFT_STEPS, rm_steps=RM_STEPS)
+        sft, comparisons, rm, proxy = world.sft, world.comparisons, world.rm, world.proxy
+        rm_acc = world.rm_heldout_accuracy
         print(f"seed {seed}: SFT + RM in {time.perf_counter() - t_seed:.0f} s; RM held-out accuracy {rm_acc:.3f}",
               flush=True)
 

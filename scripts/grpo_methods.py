@@ -2,8 +2,9 @@
 
     COURSE_HEADLESS=1 COURSE_THREADS=1 python scripts/grpo_methods.py   # seeds 0,1,2, 300 updates each
 
-wrote the committed course/results/grpo_methods.csv in 2333 s of wall time (273 s of CPU time: 2 CPU cores
-shared with other jobs, load about 10; on an idle core expect about 5 minutes).
+wrote the committed course/results/grpo_methods.csv as three processes, one per seed, run concurrently and merged
+(``--merge``, below): about 2015 s of wall time each (about 98 s of CPU time each by ps: 2 CPU cores shared with
+other jobs, load 12-18; on an idle core expect about 5 minutes for all three seeds).
 
 For each seed, from one SFT start (a fresh TinyGPT initialised with that seed, 200 SFT steps, as in the
 notebook), train for ``--steps`` updates each: more SFT on the gold answers, RFT (SFT on the SFT model's
@@ -15,6 +16,15 @@ every ``--eval-every`` updates.
 Same optimiser schedule for every method: one AdamW (lr 3e-4, no weight decay) created at the start of
 the run and kept for all ``--steps`` updates; evaluation never restarts it. (An earlier version restarted
 AdamW every 100 updates for SFT, RFT and PPO but not for GRPO.)
+
+Padding: every method hides the prompts' left padding from the model (course.rl's default, and
+``rlhf.train_ppo(mask_padding=True)`` for PPO), in training and in evaluation. The SFT and RFT runs are
+``rl.train_sft`` with an evaluation callback, the loop scripts/grpo_uncovered.py uses too.
+
+Seeds are independent (each reseeds everything), so they may run as separate processes and be combined:
+
+    python scripts/grpo_methods.py --seeds 0 --out /tmp/s0.csv   # ... one per seed, then
+    COURSE_THREADS=1 python scripts/grpo_methods.py --merge /tmp/s0.csv,/tmp/s1.csv,/tmp/s2.csv
 
 Size: 300 updates (an earlier single-seed version ran 2000) so that 3 seeds of all six methods fit the
 course's CPU budget; the longer GRPO-only run is scripts/train_grpo.py. Training seconds are logged for information only: they
@@ -31,6 +41,7 @@ import torch
 
 import course
 from course import bench, rl, rlhf
+from course.seed_csv import merge_seed_csvs
 from course.data import CharTokenizer, is_correct
 
 TOK = CharTokenizer()
@@ -45,7 +56,12 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int, default=200)
     ap.add_argument("--methods", default="sft,rft,online_rft,grpo_outcome,grpo_process,ppo")
     ap.add_argument("--out", default="course/results/grpo_methods.csv")
+    ap.add_argument("--merge", default="", help="comma-separated CSVs of this script (e.g. one seed each, run as "
+                    "separate processes) to combine into --out instead of training")
     args = ap.parse_args()
+    if args.merge:
+        print("wrote", merge_seed_csvs(args.merge.split(","), args.out))
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
     task = rl.addition_task(19)
@@ -68,25 +84,11 @@ def main() -> None:
             print(f"seed {seed} {method:<13} step {step:>5}  acc {accuracy:.2f}  {spent:.0f} s", flush=True)
 
         def sft_like(method, examples, data_seed):
-            # rl.train_sft's loop with one AdamW kept across evaluations
             model = copy.deepcopy(sft)
-            opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-            g = torch.Generator().manual_seed(data_seed)
-            spent = 0.0
             record(method, 0, 0.0, acc(model))
-            for step in range(1, args.steps + 1):
-                start = time.perf_counter()
-                model.train()
-                pick = torch.randint(len(examples), (64,), generator=g).tolist()
-                ids, mask = rl.sft_batch(TOK, [examples[i] for i in pick], task.width)
-                loss = rl.sft_loss(model, ids, mask)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                model.eval()
-                spent += time.perf_counter() - start
-                if step % args.eval_every == 0 or step == args.steps:
-                    record(method, step, spent, acc(model))
+            rl.train_sft(model, TOK, examples, width=task.width, steps=args.steps, batch_size=64, lr=LR,
+                         seed=data_seed, eval_every=args.eval_every,
+                         on_eval=lambda step, m, spent: record(method, step, spent, acc(m)))
 
         def grpo_like(method, **kwargs):
             rl.train_grpo(copy.deepcopy(sft), sft, TOK, task.train, task.heldout, width=task.width,
@@ -127,7 +129,7 @@ def main() -> None:
             rlhf.train_ppo(model, sft, reward, task.train, tok=TOK, width=task.width,
                            max_new_tokens=task.max_new_tokens, steps=args.steps, value_model=value_model,
                            batch_size=128, ppo_epochs=1, minibatch_size=128, lr=LR, beta=0.04, seed=seed,
-                           progress=False, callback=evaluate)
+                           progress=False, callback=evaluate, mask_padding=True)
         seconds.append(time.perf_counter() - t_seed)
         print(f"seed {seed} done in {seconds[-1]:.0f} s", flush=True)
 

@@ -2,9 +2,11 @@
 
     COURSE_HEADLESS=1 COURSE_THREADS=1 python scripts/grpo_uncovered.py --seeds 0,1,2,3,4 --answer-split-too
 
-wrote the committed course/results/grpo_uncovered.csv in 887 s of wall time on 2 CPU cores shared with
-other jobs (load about 13); the CSV records the seeds, machine, threads, versions, date and seconds.
-Each seed is deterministic on one machine and thread count: a 3-seed run gave the same values for 0-2.
+wrote the committed course/results/grpo_uncovered.csv as five processes, one per seed
+(``--seeds N --answer-split-too``), run concurrently and merged with ``--merge``: about 1200 s of wall
+time each on 2 CPU cores shared with other jobs (load 12-18); the CSV records the seeds, machine, threads, versions, date and seconds. Each seed is
+deterministic on one machine and thread count: the printed values of seeds 0 and 1 from a 5-seed run in one
+process (stopped after seed 1) equal those of the per-seed processes.
 
 The task is notebook 10's, ``a+b=`` with operands 0..19 (400 problems), split by **coverage**:
 
@@ -30,6 +32,12 @@ completions and scoring them under the reference). So the comparison gives GRPO 
 not less; the SFT curve over updates (logged every ``--eval-every``) shows whether more SFT would close
 the gap.
 
+Seeds are independent (each reseeds everything): they may run as separate processes (``--seeds 3``, one
+``--out`` each) and be combined with ``--merge a.csv,b.csv,...`` (course.seed_csv).
+
+Every stage hides the prompts' left padding from the model with an attention mask (course.rl's default since
+issue 19 item 4: SFT, GRPO's sampling and log-probs, greedy and pass@16 evaluation).
+
 Held-out greedy accuracy on both held-out sets is logged every ``--eval-every`` updates; pass@16 (16
 samples at temperature 1) on the uncovered held-out set is logged at the start and at the end of each
 run. Run with ``--answer-split-too`` it also measures, per seed, an SFT start trained only on problems
@@ -51,6 +59,7 @@ import torch
 
 import course
 from course import bench, rl
+from course.seed_csv import merge_seed_csvs
 from course.data import CharTokenizer, Example
 
 TOK = CharTokenizer()
@@ -106,22 +115,8 @@ def sft_start(examples, seed: int, steps: int):
 def more_sft(start, examples, *, steps: int, lr: float, eval_every: int, seed: int, log) -> torch.nn.Module:
     """SFT on ``examples`` from ``start``: batches of 128, one AdamW kept for the whole run."""
     model = copy.deepcopy(start)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(1000 + seed)
-    spent = 0.0
-    for step in range(1, steps + 1):
-        t0 = time.perf_counter()
-        model.train()
-        pick = torch.randint(len(examples), (128,), generator=g).tolist()
-        ids, mask = rl.sft_batch(TOK, [examples[i] for i in pick], WIDTH)
-        loss = rl.sft_loss(model, ids, mask)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        model.eval()
-        spent += time.perf_counter() - t0
-        if step % eval_every == 0 or step == steps:
-            log(step, model, spent)
+    rl.train_sft(model, TOK, examples, width=WIDTH, steps=steps, batch_size=128, lr=lr, seed=1000 + seed,
+                 eval_every=eval_every, on_eval=log)
     return model
 
 
@@ -155,7 +150,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate of both methods")
     ap.add_argument("--answer-split-too", action="store_true")
     ap.add_argument("--out", default="course/results/grpo_uncovered.csv")
+    ap.add_argument("--merge", default="", help="comma-separated CSVs of this script (e.g. one seed each, run as "
+                    "separate processes) to combine into --out instead of training")
     args = ap.parse_args()
+    if args.merge:
+        print("wrote", merge_seed_csvs(args.merge.split(","), args.out))
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     split = coverage_split(lambda a, b: b >= UNCOVERED_FROM)
     rl_prompts = split["sft"] + split["rl_uncovered"]  # the whole training distribution, as prompts

@@ -7,7 +7,7 @@
 wrote the committed course/results/instructgpt_ppo_kl_sweep.csv and instructgpt_win_rates.csv in 2989 s of wall
 time (415 s of CPU time: 2 CPU cores shared with other jobs, load about 10; on an idle core expect about 7 minutes).
 
-For each seed, builds the notebook's world with the same recipe (SFT of instructgpt-base on the
+For each seed, builds the notebook's world with course.rlhf.build_preference_world (SFT of instructgpt-base on the
 demonstrations, comparisons ranked by noisy Bradley-Terry labelers, a reward model trained on all K choose 2
 pairs for 250 steps, the notebook's small preset), then runs PPO against the reward model for several KL coefficients
 beta (and, at one beta, with the pretraining loss mixed in: PPO-ptx). Every ``EVAL_EVERY`` iterations it
@@ -64,21 +64,14 @@ t_all = time.perf_counter()
 for seed in SEEDS:
     t_seed = time.perf_counter()
     course.seed_everything(seed)
-    sft = load_pretrained("instructgpt-base")
-    rl.train_sft(sft, tok, sft_prompts, width=W, steps=SFT_STEPS, batch_size=32, lr=3e-3, seed=seed)
-    comparisons = rlhf.collect_comparisons(sft, tok, rm_prompts, k=4, width=W, max_new_tokens=T, seed=3 + 100 * seed,
-                                           label_temperature=0.05)
-    held_comparisons = rlhf.collect_comparisons(sft, tok, heldout, k=4, width=W, max_new_tokens=T,
-                                                seed=4 + 100 * seed, label_temperature=0.05)
-    rm = rlhf.ScalarHeadGPT(copy.deepcopy(sft))
-    rlhf.train_reward_model(rm, comparisons, steps=RM_STEPS, batch_prompts=32, lr=1e-3, seed=seed)
-    rm_acc = rlhf.pairwise_accuracy(rm, held_comparisons)
-    with torch.no_grad():
-        p, k, length = comparisons.ids.shape
-        offset = rlhf.reward_scores(rm, comparisons.ids.view(p * k, length), W).mean().item()
-    proxy = rlhf.rm_reward_fn(rm, tok, width=W, length=T + 1, offset=offset)
+    world = rlhf.build_preference_world(load_pretrained("instructgpt-base"), tok, sft_prompts=sft_prompts,
+                                        rm_prompts=rm_prompts, heldout=heldout, width=W, max_new_tokens=T,
+                                        seed=seed, sft_steps=SFT_STEPS, rm_steps=RM_STEPS)
+    sft, rm, proxy = world.sft, world.rm, world.proxy
+    rm_acc = world.rm_heldout_accuracy
     big = load_pretrained("tinygpt-char")
-    rl.train_sft(big, tok, sft_prompts, width=W, steps=SFT_STEPS, batch_size=32, lr=1e-3, seed=seed)
+    rl.train_sft(big, tok, sft_prompts, width=W, steps=SFT_STEPS, batch_size=32, lr=1e-3, seed=seed,
+                 mask_padding=False)  # notebook 09's world attends to the padding (course.rlhf)
     ev_sft = rlhf.evaluate_policy(sft, sft, tok, heldout, width=W, max_new_tokens=T, samples=2)
     ev_big = rlhf.evaluate_policy(big, big, tok, heldout, width=W, max_new_tokens=T, samples=2)
     print(f"seed {seed}: SFT + RM + bigger SFT in {time.perf_counter() - t_seed:.0f} s; RM held-out pairwise "

@@ -2,8 +2,8 @@
 
     COURSE_HEADLESS=1 COURSE_THREADS=1 python scripts/train_grpo.py    # defaults: seeds 0,1,2, 1000 steps
 
-wrote the committed course/results/grpo_full.csv and grpo_full_passk.csv in 1306 s of wall time (149 s of CPU
-time: 2 CPU cores shared with other jobs, load about 10; on an idle core expect about 2.5 minutes).
+wrote the committed course/results/grpo_full.csv and grpo_full_passk.csv in 3062 s of wall time (about 176 s of
+CPU time by ps: 2 CPU cores shared with other jobs, load 12-18; on an idle core expect about 3 minutes).
 
 For each seed: SFT a fresh TinyGPT (initialised with that seed) to the answer format for ``--sft-steps``
 steps, then GRPO with outcome supervision for a fixed ``--steps`` updates (a fixed count, not a time
@@ -12,6 +12,10 @@ budget, so that the result does not depend on the machine's load), logging held-
 before and after RL. The task (train/held-out split) is the notebook's and the same for every seed; the
 seed sets the initial weights, the SFT minibatches and GRPO's sampling. Two CSVs, one row per seed and
 point: the curve (``--out``) and the pass/maj table (``--out`` with ``_passk`` before ``.csv``).
+
+Padding: prompts are left-padded to the task's width and every step (SFT, sampling, log-probs of the policy
+and the reference, evaluation) hides that padding from the model with an attention mask, course.rl's default
+since issue 19 item 4; runs before it attended to the spaces.
 
 Size: 1000 GRPO updates per seed (an earlier single-seed version ran 2000) so that 3 seeds of this and the
 other scripts of notebooks 09 and 10 fit the course's CPU budget.

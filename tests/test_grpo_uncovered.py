@@ -64,3 +64,23 @@ def test_quick_run_writes_every_metric_for_both_methods(tmp_path):
     assert all(0.0 <= r["value"] <= 1.0 for r in rows)
     assert tags["seeds"] == "0" and "steps=2" in tags["config"]
     assert "cpu_model" in tags and "equal_compute" in tags
+
+
+def test_merge_seed_csvs_concatenates_the_seeds_and_refuses_mismatched_parts(tmp_path):
+    from course import bench
+    from course.seed_csv import merge_seed_csvs
+
+    def part(seed, config="steps=3"):
+        path = tmp_path / f"s{seed}_{config}.csv"
+        bench.save_csv([{"seed": seed, "value": seed / 10}], path, tags={
+            "script": "x.py", "config": config, "threads": "1", "seeds": str(seed), "seconds_per_seed": str(10 + seed)})
+        return path
+
+    out = merge_seed_csvs([part(0), part(1), part(2)], tmp_path / "all.csv")
+    rows, tags = bench.load_csv(out)
+    assert [r["seed"] for r in rows] == [0, 1, 2] and [r["value"] for r in rows] == [0.0, 0.1, 0.2]
+    assert tags["seeds"] == "0,1,2" and tags["seconds_per_seed"] == "10,11,12" and tags["seconds_total"] == "33"
+    with pytest.raises(ValueError, match="more than one part"):
+        merge_seed_csvs([part(0), part(0)], tmp_path / "dup.csv")
+    with pytest.raises(ValueError, match="config"):
+        merge_seed_csvs([part(0), part(1, "steps=4")], tmp_path / "mixed.csv")

@@ -358,3 +358,110 @@ def test_accumulated_gradients_equal_the_full_batch_gradient(task, model, aggreg
         assert torch.allclose(p.grad, w, atol=1e-6, rtol=1e-4)  # float32, sums of ~100 terms
     with pytest.raises(ValueError):
         rl.accumulate_gradients(m, seq, mask, old, adv, 0)
+
+
+# --- the training and evaluation loops hide the padding (issue 19 item 4) -------------------------
+
+
+def test_left_padding_mask_reads_the_padding_off_the_ids_like_padding_mask():
+    prompts = ["1+2=", "10+2=", "9+9="]
+    ids = rl.encode_prompts(TOK, prompts, 7)
+    assert torch.equal(rl.left_padding_mask(ids, TOK.stoi[rl.PAD]), rl.padding_mask(prompts, 7))
+    seq = torch.cat([ids, TOK.encode(" 3\n").expand(3, -1)], dim=1)  # a space inside the completion stays True
+    assert rl.left_padding_mask(seq, TOK.stoi[rl.PAD])[:, 7:].all()
+    with pytest.raises(ValueError, match="long"):
+        rl.left_padding_mask(ids.float(), TOK.stoi[rl.PAD])
+
+
+def test_greedy_completions_without_a_mask_are_generate_and_with_one_ignore_the_padding(task, model):
+    prompts = [e.prompt for e in task.heldout]
+    ids = rl.encode_prompts(TOK, prompts, task.width)
+    plain = rl.greedy_completions(model, ids, task.max_new_tokens)
+    assert torch.equal(plain, model.generate(ids, task.max_new_tokens, temperature=0.0)[:, task.width:])
+    wide = rl.encode_prompts(TOK, prompts, task.width + 1)  # block_size leaves room for one more space
+    assert torch.equal(rl.greedy_completions(model, ids, 2, prompt_mask=rl.padding_mask(prompts, task.width)),
+                       rl.greedy_completions(model, wide, 2, prompt_mask=rl.padding_mask(prompts, task.width + 1)))
+
+
+def wide_policy(task, extra=3, seed=0):
+    """A policy whose block leaves room to pad ``task``'s prompts ``extra`` more characters, SFT-trained a little."""
+    wide_task = rl.Task(task.train, task.heldout, task.width + extra, task.max_new_tokens)
+    m = rl.tiny_policy(wide_task, seed=seed, n_layer=1, d_model=32)
+    rl.train_sft(m, TOK, task.train, width=task.width, steps=30, batch_size=32, seed=seed)
+    return m
+
+
+def test_sft_loss_with_the_padding_mask_does_not_depend_on_the_padding_width(task):
+    m = wide_policy(task)
+    examples = task.train[:16]
+    losses = []
+    for width in (task.width, task.width + 3):
+        ids, mask = rl.sft_batch(TOK, examples, width)
+        losses.append(rl.sft_loss(m, ids, mask, attention_mask=rl.left_padding_mask(ids, TOK.stoi[rl.PAD])).item())
+    assert abs(losses[0] - losses[1]) <= PAD_TOL
+    ids, mask = rl.sft_batch(TOK, examples, task.width + 3)
+    assert abs(rl.sft_loss(m, ids, mask).item() - losses[0]) > 100 * PAD_TOL  # unmasked: the spaces matter
+
+
+def test_train_grpo_log_probs_and_rewards_do_not_depend_on_the_padding_width(task):
+    """The default (masked) training loop sees the same rollouts, rewards, advantages and log-probs
+    whether prompts are padded to the task's width or 3 characters more: <= PAD_TOL on the log-probs."""
+    start = wide_policy(task)
+    seen = {}
+
+    def recording_loss(width):
+        seen[width] = []
+
+        def loss(logp, old_logp, ref_logp, adv, mask, **kwargs):
+            seen[width].append([t.detach().clone() for t in (logp, old_logp, ref_logp, adv, mask)])
+            return rl.grpo_loss(logp, old_logp, ref_logp, adv, mask, **kwargs)
+        return loss
+
+    accuracies = {}
+    for width in (task.width, task.width + 3):
+        policy = copy.deepcopy(start)
+        hist = rl.train_grpo(policy, copy.deepcopy(start), TOK, task.train, task.heldout, width=width,
+                             max_new_tokens=task.max_new_tokens, steps=3, prompts_per_step=4, group_size=4,
+                             eval_every=3, seed=0, loss=recording_loss(width))
+        accuracies[width] = hist.heldout_accuracy
+    narrow, wide = seen[task.width], seen[task.width + 3]
+    assert len(narrow) == len(wide) == 3
+    for a, b in zip(narrow, wide):
+        assert torch.equal(a[3], b[3]) and torch.equal(a[4], b[4])  # advantages (from rewards) and masks: exact
+        for x, y in zip(a[:3], b[:3]):  # logp, old_logp, ref_logp
+            assert (x - y).abs().max().item() <= PAD_TOL
+    assert accuracies[task.width] == accuracies[task.width + 3]
+
+
+def test_without_the_mask_train_grpo_does_depend_on_the_padding_width(task):
+    start = wide_policy(task)
+    ref_logps = []
+
+    def loss(logp, old_logp, ref_logp, adv, mask, **kwargs):
+        ref_logps.append(ref_logp.detach().clone())
+        return rl.grpo_loss(logp, old_logp, ref_logp, adv, mask, **kwargs)
+
+    for width in (task.width, task.width + 3):
+        rl.train_grpo(copy.deepcopy(start), copy.deepcopy(start), TOK, task.train, task.heldout, width=width,
+                      max_new_tokens=task.max_new_tokens, steps=1, prompts_per_step=4, group_size=4, seed=0,
+                      loss=loss, mask_padding=False)
+    assert ref_logps[0].shape != ref_logps[1].shape or (ref_logps[0] - ref_logps[1]).abs().max() > 100 * PAD_TOL
+
+
+def test_evaluation_does_not_depend_on_the_padding_width(task):
+    m = wide_policy(task)
+    kwargs = dict(max_new_tokens=task.max_new_tokens)
+    assert rl.greedy_accuracy(m, TOK, task.heldout, width=task.width, **kwargs) == \
+        rl.greedy_accuracy(m, TOK, task.heldout, width=task.width + 3, **kwargs)
+    assert rl.sample_texts(m, TOK, task.heldout, 4, width=task.width, seed=1, **kwargs) == \
+        rl.sample_texts(m, TOK, task.heldout, 4, width=task.width + 3, seed=1, **kwargs)
+
+
+def test_train_sft_calls_on_eval_every_eval_every_steps_and_after_the_last(task):
+    m = rl.tiny_policy(task, seed=0, n_layer=1, d_model=32)
+    calls = []
+    rl.train_sft(m, TOK, task.train, width=task.width, steps=5, batch_size=8, eval_every=2,
+                 on_eval=lambda step, model, spent: calls.append((step, model.training, spent >= 0)))
+    assert calls == [(2, False, True), (4, False, True), (5, False, True)]
+    with pytest.raises(ValueError, match="eval_every"):
+        rl.train_sft(m, TOK, task.train, width=task.width, steps=1, eval_every=2)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import course  # noqa: F401  (first, as in every notebook)
-from course import dpo, rl, rlhf
+from course import dpo, ppo, rl, rlhf
 from course.data import CharTokenizer, Example
 from course.models.tinygpt import GPTConfig, TinyGPT
 
@@ -250,10 +250,10 @@ def test_gradients_are_clipped_jointly_by_default_and_separately_on_request():
                 w.grad = torch.full_like(w, s)
         return p, v
     p, v = graded(0.01, 100.0)
-    rlhf._clip_gradients(p, v, 1.0, None)  # one norm: the big value gradient shrinks the policy's too
+    ppo._clip_gradients(p, v, 1.0, None)  # one norm: the big value gradient shrinks the policy's too
     assert rlhf.grad_norm(p.parameters()) < 0.01 * math.sqrt(12) / 100  # scaled by about 1 / 200
     p, v = graded(0.01, 100.0)
-    rlhf._clip_gradients(p, v, 1.0, 1.0)  # separately: the policy's small gradient is untouched
+    ppo._clip_gradients(p, v, 1.0, 1.0)  # separately: the policy's small gradient is untouched
     assert rlhf.grad_norm(p.parameters()) == pytest.approx(0.01 * math.sqrt(12), rel=1e-5)
     assert rlhf.grad_norm(v.parameters()) == pytest.approx(1.0, rel=1e-5)
 
@@ -316,3 +316,27 @@ def test_train_dpo_raises_the_preferred_responses_relative_to_the_reference():
     assert sum(hist.loss[-5:]) / 5 < math.log(2) - 0.05 and sum(hist.margin[-5:]) / 5 > 0
     with pytest.raises(TypeError, match="ref"):
         dpo.train_dpo(policy, "sft", comps, beta=0.5, steps=1)
+
+
+# --- train_ppo(mask_padding=True): nothing depends on how far the prompts were padded -----------------
+
+
+def test_masked_train_ppo_rollouts_values_and_log_probs_do_not_depend_on_the_padding_width():
+    """<= 1e-5: masked keys add exact zeros to each softmax; only float32 summation order differs."""
+    prompts = rlhf.instruction_prompts(16, seed=0)
+    seen = {}
+    for width in (W, W + 3):
+        seen[width] = []
+
+        def loss_fn(logp, old_logp, adv, values, returns, mask, *, clip_eps, record=seen[width]):
+            record.append([t.detach().clone() for t in (logp, old_logp, adv, values, returns, mask)])
+            return rlhf.ppo_loss(logp, old_logp, adv, values, returns, mask, clip_eps=clip_eps)
+
+        policy, ref = tiny(0), tiny(0)
+        hist = rlhf.train_ppo(policy, ref, rlhf.per_example(rlhf.true_reward), prompts, tok=TOK, width=width,
+                              max_new_tokens=T, steps=2, batch_size=8, minibatch_size=8, ppo_epochs=1, beta=0.1,
+                              seed=0, loss_fn=loss_fn, progress=False, mask_padding=True)
+        seen[width].append([torch.tensor(hist.reward), torch.tensor(hist.kl)])
+    for a, b in zip(seen[W], seen[W + 3], strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert (x - y).abs().max().item() <= 1e-5
