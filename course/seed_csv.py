@@ -35,3 +35,17 @@ def merge_seed_csvs(paths: list[str | Path], out: str | Path) -> Path:
                 seconds_total=str(sum(int(x) for x in per_seed)),
                 processes=f"{len(parts)} run concurrently (seeds {' | '.join(t['seeds'] for _, t in parts)}), merged")
     return bench.save_csv([row for rows, _ in parts for row in rows], out, tags=tags)
+
+
+def add_merge_option(parser) -> None:
+    """``--merge a.csv,b.csv,...`` on a script's argparse parser (see :func:`merged`)."""
+    parser.add_argument("--merge", default="", help="comma-separated CSVs of this script (e.g. one seed each, run "
+                        "as separate processes) to combine into --out instead of training")
+
+
+def merged(args) -> bool:
+    """With ``--merge``, combine the listed CSVs into ``args.out`` and return True (the script stops there)."""
+    if not args.merge:
+        return False
+    print("wrote", merge_seed_csvs(args.merge.split(","), args.out))
+    return True

@@ -41,7 +41,7 @@ import torch
 
 import course
 from course import bench, rl, rlhf
-from course.seed_csv import merge_seed_csvs
+from course.seed_csv import add_merge_option, merged
 from course.data import CharTokenizer, is_correct
 
 TOK = CharTokenizer()
@@ -56,11 +56,9 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int, default=200)
     ap.add_argument("--methods", default="sft,rft,online_rft,grpo_outcome,grpo_process,ppo")
     ap.add_argument("--out", default="course/results/grpo_methods.csv")
-    ap.add_argument("--merge", default="", help="comma-separated CSVs of this script (e.g. one seed each, run as "
-                    "separate processes) to combine into --out instead of training")
+    add_merge_option(ap)
     args = ap.parse_args()
-    if args.merge:
-        print("wrote", merge_seed_csvs(args.merge.split(","), args.out))
+    if merged(args):
         return
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")

@@ -59,7 +59,7 @@ import torch
 
 import course
 from course import bench, rl
-from course.seed_csv import merge_seed_csvs
+from course.seed_csv import add_merge_option, merged
 from course.data import CharTokenizer, Example
 
 TOK = CharTokenizer()
@@ -150,11 +150,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate of both methods")
     ap.add_argument("--answer-split-too", action="store_true")
     ap.add_argument("--out", default="course/results/grpo_uncovered.csv")
-    ap.add_argument("--merge", default="", help="comma-separated CSVs of this script (e.g. one seed each, run as "
-                    "separate processes) to combine into --out instead of training")
+    add_merge_option(ap)
     args = ap.parse_args()
-    if args.merge:
-        print("wrote", merge_seed_csvs(args.merge.split(","), args.out))
+    if merged(args):
         return
     seeds = [int(s) for s in args.seeds.split(",")]
     split = coverage_split(lambda a, b: b >= UNCOVERED_FROM)
