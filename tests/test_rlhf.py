@@ -340,3 +340,20 @@ def test_masked_train_ppo_rollouts_values_and_log_probs_do_not_depend_on_the_pad
     for a, b in zip(seen[W], seen[W + 3], strict=True):
         for x, y in zip(a, b, strict=True):
             assert (x - y).abs().max().item() <= 1e-5
+
+
+def test_build_preference_world_trains_sft_in_place_and_centres_the_proxy_on_sft_samples():
+    base = tiny(0)
+    before = copy.deepcopy(base)
+    world = rlhf.build_preference_world(base, TOK, sft_prompts=rlhf.instruction_prompts(32, seed=1),
+                                        rm_prompts=rlhf.instruction_prompts(8, seed=11),
+                                        heldout=rlhf.instruction_prompts(4, seed=2), width=W, max_new_tokens=T,
+                                        seed=0, sft_steps=2, rm_steps=2)
+    assert world.sft is base and any(not torch.equal(a, b) for a, b in zip(base.parameters(), before.parameters()))
+    assert world.comparisons.ids.shape[:2] == (8, 4) and world.held_comparisons.ids.shape[:2] == (4, 4)
+    again = rlhf.pairwise_accuracy(world.rm, world.held_comparisons)  # nan when every held-out pair ties
+    assert world.rm_heldout_accuracy == again or (math.isnan(again) and math.isnan(world.rm_heldout_accuracy))
+    examples = [e for e in world.comparisons.examples for _ in range(4)]
+    texts = [t for ts in world.comparisons.texts for t in ts]
+    # InstructGPT's offset: the SFT samples the reward model learned from score 0 on average (float32 sums)
+    assert abs(world.proxy(examples, texts).mean().item()) <= 1e-5
