@@ -51,7 +51,9 @@ of the cells would miss tensors made inside ``course`` code, which this follows.
 Cost: the two modes make torch ops slower (a TinyGPT training step took 2.3x its CPU time, measured
 here), so each notebook runs once, marked slow. Kernel CPU time under the simulation, measured here:
 02 24 s, 03 87 s (66 s of it the full fine-tune in lora-18), 04 68 s (60 s the three trainings in
-bitnet-21). Findings that remain in cells this test cannot edit are listed in ``KNOWN_MIXED_OPS``.
+bitnet-21). Its first run found 04's bitnet-35/35b (a model trained on the CPU, never moved) and 02's
+fa-bench-correct (device results minus CPU float64 references); both are fixed, and ``KNOWN_*`` list
+what a notebook still has, now nothing.
 
 The test of the test plants a cell that builds ``torch.randn(4, 16)`` without ``device=`` and
 hands it to ``lora.lora_linear``: the finding must name that cell, its line and the argument (in this process and through
@@ -527,23 +529,11 @@ NOTEBOOKS = ["02_flash_attention", "03_lora", "04_bitnet"]
 # entry) as well as when a new one appears.
 
 #: CPU tensors handed to a Triton launch. Keys: (notebook, cell id running, kernel).
-KNOWN_CPU_OPERANDS = {
-    ("04_bitnet", "bitnet-35", "ternary_matmul_kernel"):
-        "ternary_model is trained on the CPU (bitnet-21: TinyGPT(CONFIG) and train_tiny_lm, which takes no "
-        "device) and never moved to runtime.device(), so x_layer.to(first.weight.device) and the packed "
-        "weights are CPU tensors at the launch (bitnet-35 line 27, via PackedBitLinear.forward line 10)",
-    ("04_bitnet", "bitnet-35b", "ternary_matmul_kernel"):
-        "the same model and a CPU prompt (bitnet-35b line 8: packed_model(prompt))",
-}
+KNOWN_CPU_OPERANDS: dict = {}
 
 #: ATen ops mixing a CPU tensor with a device one ("Expected all tensors to be on the same device").
 #: Keys: (notebook, cell id running, ATen op).
-KNOWN_MIXED_OPS = {
-    ("02_flash_attention", "fa-bench-correct", "aten::sub.Tensor"):
-        "want_o and want_g come from check.reference_forward / reference_grads, which return float64 CPU "
-        "tensors; `out.double() - want_o` (line 21) and `t.grad.double() - g` (line 22) subtract them from "
-        "device tensors",
-}
+KNOWN_MIXED_OPS: dict = {}
 
 
 def _unexpected(found: set, known: dict, name: str) -> str:

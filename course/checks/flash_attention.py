@@ -88,6 +88,13 @@ def _fp32_grad_tol(k: int) -> float:
     return 1e-3 if not tolerance.compiled() else 2 * _fp32_tol(k)
 
 
+def fp32_tolerance(k: int, *, grad: bool = False) -> float:
+    """The fp32 tolerance these checks allow for a ``k``-long reduction, outputs or (``grad``) gradients,
+    in the current mode (exact products in the interpreter, TF32 compiled): for cells that compare
+    a kernel with the float64 reference themselves."""
+    return _fp32_grad_tol(k) if grad else _fp32_tol(k)
+
+
 # fp16 (both modes: fp16 tl.dot multiplies exactly and accumulates in fp32 on a GPU as in the
 # interpreter): inputs are exact in the reference, but P is rounded to fp16 (2^-11 relative) before
 # P V and O is stored in fp16, so outputs of size ~1 are off by up to a few 1e-4; 3e-3 leaves room
