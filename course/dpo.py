@@ -9,7 +9,8 @@ alone, and a Bradley-Terry likelihood on that *implicit reward* trains the polic
 
 Here the data are the ranked comparisons of :func:`course.rlhf.collect_comparisons` (K responses per
 prompt, sampled from the SFT model and ranked by the noisy labelers), used, like the reward model, as all
-K choose 2 (winner, loser) pairs of each ranking.
+K choose 2 (winner, loser) pairs of each ranking. ``mask_padding`` / ``attention_mask`` hide the prompts'
+left padding from the models (as in :mod:`course.rlhf`, whose module docstring says why the default attends to it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from .models.tinygpt import TinyGPT
 from .rl import completion_mask, token_logprobs
-from .rlhf import ComparisonData
+from .rlhf import ComparisonData, response_attention
 
 
 def dpo_loss(logp_w: torch.Tensor, logp_l: torch.Tensor, ref_logp_w: torch.Tensor, ref_logp_l: torch.Tensor, *,
@@ -42,13 +43,21 @@ def dpo_loss(logp_w: torch.Tensor, logp_l: torch.Tensor, ref_logp_w: torch.Tenso
     return -F.logsigmoid(beta * margin).mean()
 
 
-def sequence_logprobs(model: TinyGPT, ids: torch.Tensor, width: int, stop_id: int = 0) -> torch.Tensor:
+def sequence_logprobs(model: TinyGPT, ids: torch.Tensor, width: int, stop_id: int = 0, *,
+                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """log pi(response | prompt) (N,) of sequences from :func:`course.rlhf.response_ids`: the sum of the
-    response tokens' log-probabilities after the ``width`` prompt positions, up to and including the stop."""
+    response tokens' log-probabilities after the ``width`` prompt positions, up to and including the stop.
+    ``attention_mask`` (N, L) bool (:func:`course.rlhf.response_attention`) hides the prompt's left
+    padding; None attends to it."""
     if ids.dim() != 2 or not 0 < width < ids.shape[1]:
         raise ValueError(f"ids must be (N, L) with 0 < width < L, got shape {tuple(ids.shape)} and width {width}")
+    if attention_mask is not None and attention_mask.shape != ids.shape:
+        raise ValueError(f"attention_mask must have the shape of ids {tuple(ids.shape)}, "
+                         f"got {tuple(attention_mask.shape)}")
     response = ids[:, width:]
-    return (token_logprobs(model, ids[:, :width], response) * completion_mask(response, stop_id)).sum(1)
+    prompt_mask = None if attention_mask is None else attention_mask[:, :width]
+    return (token_logprobs(model, ids[:, :width], response, prompt_mask=prompt_mask)
+            * completion_mask(response, stop_id)).sum(1)
 
 
 def ranked_pairs(rankings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,13 +81,15 @@ class DPOHistory:
 
 def train_dpo(policy: TinyGPT, ref: TinyGPT, comparisons: ComparisonData, *, beta: float, steps: int,
               batch_prompts: int = 32, lr: float = 1e-4, stop_id: int = 0, seed: int = 0,
-              loss_fn: Callable = dpo_loss, callback: Callable[[int, TinyGPT], None] | None = None) -> DPOHistory:
+              loss_fn: Callable = dpo_loss, callback: Callable[[int, TinyGPT], None] | None = None,
+              mask_padding: bool = False) -> DPOHistory:
     """AdamW on ``loss_fn(logp_w, logp_l, ref_logp_w, ref_logp_l, beta=)`` over all ranked pairs of random
     batches of prompts; ``policy`` is trained in place, ``ref`` stays frozen (its log-probs are computed once).
 
     All K responses of a prompt go through the policy in one batch, so one forward pass serves K choose 2
     pairs (as for the reward model). ``callback(step, policy)`` runs after each step (evaluate there; the
-    policy is in eval mode during the call).
+    policy is in eval mode during the call). ``mask_padding`` hides the prompts' left padding from the
+    policy and the reference.
     """
     for name, m in (("policy", policy), ("ref", ref)):
         if not isinstance(m, TinyGPT):
@@ -89,7 +100,8 @@ def train_dpo(policy: TinyGPT, ref: TinyGPT, comparisons: ComparisonData, *, bet
     flat = comparisons.ids.view(p * k, length)
     ref.eval()
     with torch.no_grad():
-        ref_logp = torch.cat([sequence_logprobs(ref, flat[i:i + 512], comparisons.width, stop_id)
+        ref_logp = torch.cat([sequence_logprobs(ref, flat[i:i + 512], comparisons.width, stop_id,
+                                                attention_mask=response_attention(flat[i:i + 512], mask_padding))
                               for i in range(0, p * k, 512)]).view(p, k)
     win, lose = ranked_pairs(comparisons.rankings)
     g = torch.Generator().manual_seed(seed)
@@ -98,8 +110,9 @@ def train_dpo(policy: TinyGPT, ref: TinyGPT, comparisons: ComparisonData, *, bet
     policy.train()
     for step in range(1, steps + 1):
         pick = torch.randint(p, (batch_prompts,), generator=g)
-        logp = sequence_logprobs(policy, comparisons.ids[pick].view(-1, length), comparisons.width,
-                                 stop_id).view(batch_prompts, k)
+        batch = comparisons.ids[pick].view(-1, length)
+        logp = sequence_logprobs(policy, batch, comparisons.width, stop_id,
+                                 attention_mask=response_attention(batch, mask_padding)).view(batch_prompts, k)
         ref_b, w, lo = ref_logp[pick], win[pick], lose[pick]
         args = (logp.gather(1, w).flatten(), logp.gather(1, lo).flatten(), ref_b.gather(1, w).flatten(),
                 ref_b.gather(1, lo).flatten())

@@ -9,11 +9,13 @@
   which a 2-layer model learns less easily), trained on every one of the K choose 2 pairs of each
   ranking (:func:`rm_pairwise_loss`).
 * **PPO** (:func:`train_ppo` and its pieces) lives in :mod:`course.ppo` and is re-exported here.
-* **Padding.** Prompts are left-padded with spaces (:func:`course.rl.encode_prompts`). The functions
-  here let the model attend to that padding, and so do :func:`course.ppo.train_ppo` by default and the
-  SFT of notebook 09's scripts (``mask_padding=False``): notebook 09's committed runs (its CSVs and the
-  notebook's own cells) were made that way and have not been re-run with the mask yet (issue 19 item 4).
-  Notebook 10's loops hide it (``course.rl``; ``train_ppo(mask_padding=True)``).
+* **Padding.** Prompts are left-padded with spaces (:func:`course.rl.encode_prompts`). Every function
+  here that runs a model takes ``mask_padding`` (or, on raw ids, an ``attention_mask``): True hides that
+  padding from the model (:func:`course.rl.left_padding_mask`), so a prompt's samples, scores and
+  log-probs do not depend on how far it was padded. The default False attends to it: notebook 09's
+  committed runs (its CSVs and the notebook's own cells) were made that way and have not been re-run
+  with the mask yet (issue 19 item 4). Notebook 10's loops hide it (``course.rl``;
+  ``train_ppo(mask_padding=True)``).
 
 The reference versions here are what the notebook's checks compare learners' code against; the
 trainer takes the learner's functions as arguments. Everything is seeded and CPU-sized.
@@ -37,10 +39,20 @@ from .ppo import (  # noqa: F401  (PPO lives in course/ppo.py; re-exported: rlhf
     PPOHistory, adaptive_kl_beta, clipped_value_loss, gae, grad_norm, kl_penalized_rewards, masked_mean,
     ppo_diagnostics, ppo_loss, sequence_kl, train_ppo, value_predictions, whiten,
 )
-from .rl import STOP, completion_mask, encode_prompts, sample_completions
+from .rl import (
+    PAD, STOP, completion_mask, encode_prompts, greedy_completions, left_padding_mask, padding_mask,
+    sample_completions,
+)
 
 TASKS = ("copy", "rev", "sort")
 ALPHABET = "abcdef"
+PAD_ID = CharTokenizer.alphabet.index(PAD)  # one fixed alphabet: the padding's id for functions without a tokenizer
+
+
+def response_attention(ids: torch.Tensor, mask_padding: bool) -> torch.Tensor | None:
+    """The ``attention_mask`` for sequences from :func:`response_ids`: False on the prompt's left padding
+    (:func:`course.rl.left_padding_mask`) with ``mask_padding``, else None (the model attends to it)."""
+    return left_padding_mask(ids, PAD_ID) if mask_padding else None
 
 
 # --- the preference world ---------------------------------------------------------------------
@@ -151,9 +163,12 @@ def response_ids(tok: CharTokenizer, prompts: Sequence[str], texts: Sequence[str
     return torch.cat([encode_prompts(tok, prompts, width), torch.stack(rows)], dim=1)
 
 
-def reward_scores(rm: ScalarHeadGPT, ids: torch.Tensor, width: int, stop_id: int = 0) -> torch.Tensor:
+def reward_scores(rm: ScalarHeadGPT, ids: torch.Tensor, width: int, stop_id: int = 0, *,
+                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The reward model's score (B,) of each sequence from :func:`response_ids`: the scalar head summed
     over the response tokens (after the ``width`` prompt positions, up to and including the first stop).
+    ``attention_mask`` (B, L) bool (:func:`response_attention`) hides the prompt's left padding; None
+    attends to it.
 
     (InstructGPT reads one scalar at the last token. A 2-layer model learns the partial-credit reward
     much more easily as a sum of per-token judgements; it is still one number per response.)
@@ -163,7 +178,7 @@ def reward_scores(rm: ScalarHeadGPT, ids: torch.Tensor, width: int, stop_id: int
     if not 0 < width < ids.shape[1]:
         raise ValueError(f"width must be in (0, {ids.shape[1]}) for ids of shape {tuple(ids.shape)}, got {width}")
     mask = completion_mask(ids[:, width:], stop_id)
-    return (rm(ids)[:, width:] * mask).sum(1)
+    return (rm(ids, attention_mask)[:, width:] * mask).sum(1)
 
 
 def rm_pairwise_loss(scores: torch.Tensor, rankings: torch.Tensor) -> torch.Tensor:
@@ -195,13 +210,16 @@ class ComparisonData:
 @torch.no_grad()
 def collect_comparisons(policy: TinyGPT, tok: CharTokenizer, examples: Sequence[Example], *, k: int,
                         width: int, max_new_tokens: int, temperature: float = 1.0,
-                        label_temperature: float = 0.1, seed: int = 0) -> ComparisonData:
-    """Sample ``k`` responses per prompt from ``policy`` and have noisy labelers rank them."""
+                        label_temperature: float = 0.1, seed: int = 0, mask_padding: bool = False) -> ComparisonData:
+    """Sample ``k`` responses per prompt from ``policy`` (``mask_padding``: with the prompts' left padding
+    hidden from it) and have noisy labelers rank them."""
     if k < 2:
         raise ValueError(f"k must be >= 2 to make comparisons, got {k}")
     g = torch.Generator().manual_seed(seed)
     ids = encode_prompts(tok, [e.prompt for e in examples], width).repeat_interleave(k, 0)
-    comps, _ = sample_completions(policy, ids, max_new_tokens, temperature=temperature, generator=g)
+    seen = left_padding_mask(ids, tok.stoi[PAD]) if mask_padding else None
+    comps, _ = sample_completions(policy, ids, max_new_tokens, temperature=temperature, generator=g,
+                                  prompt_mask=seen)
     texts = [tok.decode(row) for row in comps]
     prompts = [e.prompt for e in examples for _ in range(k)]
     seqs = response_ids(tok, prompts, texts, width=width, length=max_new_tokens + 1)
@@ -213,14 +231,16 @@ def collect_comparisons(policy: TinyGPT, tok: CharTokenizer, examples: Sequence[
 
 
 @torch.no_grad()
-def pairwise_accuracy(rm: ScalarHeadGPT, comparisons: ComparisonData, *, against: str = "true") -> float:
+def pairwise_accuracy(rm: ScalarHeadGPT, comparisons: ComparisonData, *, against: str = "true",
+                      mask_padding: bool = False) -> float:
     """Fraction of pairs the reward model orders like the true reward (``against='true'``; pairs the
-    true reward ties are skipped) or like the noisy labels (``against='labels'``; every pair)."""
+    true reward ties are skipped) or like the noisy labels (``against='labels'``; every pair).
+    ``mask_padding`` scores with the prompts' left padding hidden (as the reward model was trained)."""
     if against not in ("true", "labels"):
         raise ValueError(f"against must be 'true' or 'labels', got {against!r}")
-    p, k, length = comparisons.ids.shape
+    k = comparisons.ids.shape[1]
     rm.eval()
-    s = reward_scores(rm, comparisons.ids.view(p * k, length), comparisons.width).view(p, k)
+    s = comparison_scores(rm, comparisons, mask_padding=mask_padding)
     win, lose = torch.triu_indices(k, k, offset=1)
     if against == "labels":  # equal scores (often identical responses) count one half
         ranked = s.gather(1, comparisons.rankings)
@@ -232,12 +252,21 @@ def pairwise_accuracy(rm: ScalarHeadGPT, comparisons: ComparisonData, *, against
     return ((dt[keep] > 0) == (ds[keep] > 0)).float().mean().item()
 
 
+def comparison_scores(rm: ScalarHeadGPT, comparisons: ComparisonData, *, mask_padding: bool = False) -> torch.Tensor:
+    """The reward model's scores (P, K) of every compared response (``mask_padding``: padding hidden)."""
+    p, k, length = comparisons.ids.shape
+    flat = comparisons.ids.view(p * k, length)
+    return reward_scores(rm, flat, comparisons.width, attention_mask=response_attention(flat, mask_padding)).view(p, k)
+
+
 def train_reward_model(rm: ScalarHeadGPT, comparisons: ComparisonData, *, steps: int, batch_prompts: int = 32,
-                       lr: float = 1e-3, seed: int = 0, loss: Callable = rm_pairwise_loss) -> list[float]:
+                       lr: float = 1e-3, seed: int = 0, loss: Callable = rm_pairwise_loss,
+                       mask_padding: bool = False) -> list[float]:
     """AdamW on ``loss(scores (P, K), rankings (P, K))`` over random batches of prompts; loss per step.
 
     All K responses of a prompt go in one batch, so each forward pass serves K choose 2 comparisons
-    (the paper's reason for ranking K at once rather than labelling pairs).
+    (the paper's reason for ranking K at once rather than labelling pairs). ``mask_padding`` hides the
+    prompts' left padding from the reward model.
     """
     if steps < 0 or batch_prompts < 1:
         raise ValueError(f"steps must be >= 0 and batch_prompts >= 1, got {steps}, {batch_prompts}")
@@ -248,7 +277,9 @@ def train_reward_model(rm: ScalarHeadGPT, comparisons: ComparisonData, *, steps:
     losses = []
     for _ in range(steps):
         pick = torch.randint(p, (batch_prompts,), generator=g)
-        scores = reward_scores(rm, comparisons.ids[pick].view(-1, length), comparisons.width).view(batch_prompts, k)
+        flat = comparisons.ids[pick].view(-1, length)
+        scores = reward_scores(rm, flat, comparisons.width,
+                               attention_mask=response_attention(flat, mask_padding)).view(batch_prompts, k)
         value = loss(scores, comparisons.rankings[pick])
         opt.zero_grad()
         value.backward()
@@ -258,18 +289,21 @@ def train_reward_model(rm: ScalarHeadGPT, comparisons: ComparisonData, *, steps:
     return losses
 
 
-def rm_reward_fn(rm: ScalarHeadGPT, tok: CharTokenizer, *, width: int, length: int, offset: float = 0.0) -> Callable:
+def rm_reward_fn(rm: ScalarHeadGPT, tok: CharTokenizer, *, width: int, length: int, offset: float = 0.0,
+                 mask_padding: bool = False) -> Callable:
     """A batched reward function ``(examples, texts) -> tensor (B,)`` that asks the reward model.
 
     ``offset`` is subtracted from every score: InstructGPT normalises its reward model so that the
-    reference responses score 0 on average (pass the mean score of SFT samples).
+    reference responses score 0 on average (pass the mean score of SFT samples). ``mask_padding``
+    hides the prompts' left padding from the reward model (use what it was trained with).
     """
 
     @torch.no_grad()
     def reward(examples: Sequence[Example], texts: Sequence[str]) -> torch.Tensor:
         rm.eval()
         ids = response_ids(tok, [e.prompt for e in examples], texts, width=width, length=length)
-        return reward_scores(rm, ids, width, tok.stoi[STOP]) - offset
+        seen = response_attention(ids, mask_padding)
+        return reward_scores(rm, ids, width, tok.stoi[STOP], attention_mask=seen) - offset
 
     return reward
 
@@ -284,37 +318,40 @@ class PreferenceWorld:
     rm: ScalarHeadGPT
     rm_heldout_accuracy: float
     proxy: Callable
+    mask_padding: bool = False  # whether every step above hid the prompts' left padding
 
 
 def build_preference_world(base: TinyGPT, tok: CharTokenizer, *, sft_prompts: Sequence[Example],
                            rm_prompts: Sequence[Example], heldout: Sequence[Example], width: int,
                            max_new_tokens: int, seed: int, sft_steps: int = 150, rm_steps: int = 250,
-                           k: int = 4, label_temperature: float = 0.05) -> PreferenceWorld:
+                           k: int = 4, label_temperature: float = 0.05,
+                           mask_padding: bool = False) -> PreferenceWorld:
     """Notebook 09's recipe, shared by its scripts (sweep_ppo_kl.py, dpo_vs_ppo.py): SFT of ``base`` (in
     place) on the demonstrations, ``k`` sampled responses per prompt ranked by noisy labelers, a reward
     model (a copy of the SFT model with a scalar head) trained on all k choose 2 pairs, normalised so
     that the SFT responses score 0 on average (InstructGPT's offset).
 
-    The SFT attends to the prompts' left padding (``mask_padding=False``), like every step of this world:
-    notebook 09's committed runs were made that way (see the module docstring).
+    ``mask_padding`` hides the prompts' left padding from every model at every step (SFT, sampling the
+    comparisons, the reward model's training, accuracy, offset and proxy); the default False attends to
+    it, as notebook 09's committed runs did (see the module docstring).
     """
     from .rl import train_sft
 
     train_sft(base, tok, sft_prompts, width=width, steps=sft_steps, batch_size=32, lr=3e-3, seed=seed,
-              mask_padding=False)
+              mask_padding=mask_padding)
     sft = base
     comparisons = collect_comparisons(sft, tok, rm_prompts, k=k, width=width, max_new_tokens=max_new_tokens,
-                                      seed=3 + 100 * seed, label_temperature=label_temperature)
+                                      seed=3 + 100 * seed, label_temperature=label_temperature,
+                                      mask_padding=mask_padding)
     held = collect_comparisons(sft, tok, heldout, k=k, width=width, max_new_tokens=max_new_tokens,
-                               seed=4 + 100 * seed, label_temperature=label_temperature)
+                               seed=4 + 100 * seed, label_temperature=label_temperature, mask_padding=mask_padding)
     rm = ScalarHeadGPT(copy.deepcopy(sft))
-    train_reward_model(rm, comparisons, steps=rm_steps, batch_prompts=32, lr=1e-3, seed=seed)
-    accuracy = pairwise_accuracy(rm, held)
+    train_reward_model(rm, comparisons, steps=rm_steps, batch_prompts=32, lr=1e-3, seed=seed, mask_padding=mask_padding)
+    accuracy = pairwise_accuracy(rm, held, mask_padding=mask_padding)
     with torch.no_grad():
-        p, kk, length = comparisons.ids.shape
-        offset = reward_scores(rm, comparisons.ids.view(p * kk, length), width).mean().item()
-    proxy = rm_reward_fn(rm, tok, width=width, length=max_new_tokens + 1, offset=offset)
-    return PreferenceWorld(sft, comparisons, held, rm, accuracy, proxy)
+        offset = comparison_scores(rm, comparisons, mask_padding=mask_padding).mean().item()
+    proxy = rm_reward_fn(rm, tok, width=width, length=max_new_tokens + 1, offset=offset, mask_padding=mask_padding)
+    return PreferenceWorld(sft, comparisons, held, rm, accuracy, proxy, mask_padding)
 
 
 def per_example(fn: Callable[[Example, str], float]) -> Callable:
@@ -328,24 +365,32 @@ def per_example(fn: Callable[[Example, str], float]) -> Callable:
 @torch.no_grad()
 def evaluate_policy(policy: TinyGPT, ref: TinyGPT, tok: CharTokenizer, examples: Sequence[Example], *,
                     width: int, max_new_tokens: int, reward_fn: Callable | None = None, samples: int = 1,
-                    seed: int = 1234) -> dict:
+                    seed: int = 1234, mask_padding: bool = False) -> dict:
     """Mean true reward, proxy reward (if ``reward_fn``) and KL(pi || ref) per sequence on ``examples``,
     from ``samples`` sampled completions per prompt (temperature 1, the distribution RL optimises),
-    plus the true reward of the greedy completion."""
+    plus the true reward of the greedy completion. ``mask_padding`` hides the prompts' left padding from
+    ``policy`` and ``ref`` (``reward_fn`` decides for itself: :func:`rm_reward_fn`)."""
     g = torch.Generator().manual_seed(seed)
     rep = [e for e in examples for _ in range(samples)]
-    ids = encode_prompts(tok, [e.prompt for e in rep], width)
-    comps, _ = sample_completions(policy, ids, max_new_tokens, generator=g)
+    ids, seen = _prompts(tok, rep, width, mask_padding)
+    comps, _ = sample_completions(policy, ids, max_new_tokens, generator=g, prompt_mask=seen)
     texts = [tok.decode(row) for row in comps]
     mask = completion_mask(comps, tok.stoi[STOP])
     out = {"true": true_rewards(rep, texts).mean().item(),
-           "kl": sequence_kl(policy, ref, ids, comps, mask).mean().item()}
+           "kl": sequence_kl(policy, ref, ids, comps, mask, prompt_mask=seen).mean().item()}
     if reward_fn is not None:
         out["proxy"] = torch.as_tensor(reward_fn(rep, texts)).float().mean().item()
-    gids = encode_prompts(tok, [e.prompt for e in examples], width)
-    greedy = policy.generate(gids, max_new_tokens, temperature=0.0)[:, width:]
+    gids, gseen = _prompts(tok, examples, width, mask_padding)
+    greedy = greedy_completions(policy, gids, max_new_tokens, prompt_mask=gseen)  # unmasked: model.generate's tokens
     out["true_greedy"] = true_rewards(list(examples), [tok.decode(r) for r in greedy]).mean().item()
     return out
+
+
+def _prompts(tok: CharTokenizer, examples: Sequence[Example], width: int,
+             mask_padding: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The examples' left-padded prompt ids (B, width) and, with ``mask_padding``, their padding mask."""
+    prompts = [e.prompt for e in examples]
+    return encode_prompts(tok, prompts, width), padding_mask(prompts, width) if mask_padding else None
 
 
 @torch.no_grad()
@@ -362,17 +407,18 @@ def corpus_loss(model: TinyGPT, tokens: torch.Tensor, *, block: int = 32, batche
 
 @torch.no_grad()
 def win_rate(model_a: TinyGPT, model_b: TinyGPT, tok: CharTokenizer, examples: Sequence[Example], *,
-             width: int, max_new_tokens: int, greedy: bool = False, seed: int = 99) -> float:
+             width: int, max_new_tokens: int, greedy: bool = False, seed: int = 99,
+             mask_padding: bool = False) -> float:
     """How often A's response beats B's by the true reward (ties count one half); sampled at
-    temperature 1, or greedy with ``greedy=True``."""
+    temperature 1, or greedy with ``greedy=True``; ``mask_padding`` hides the prompts' left padding."""
     out = []
+    ids, seen = _prompts(tok, examples, width, mask_padding)
     for m in (model_a, model_b):
         g = torch.Generator().manual_seed(seed)
-        ids = encode_prompts(tok, [e.prompt for e in examples], width)
         if greedy:
-            comps = m.generate(ids, max_new_tokens, temperature=0.0)[:, width:]
+            comps = greedy_completions(m, ids, max_new_tokens, prompt_mask=seen)
         else:
-            comps, _ = sample_completions(m, ids, max_new_tokens, generator=g)
+            comps, _ = sample_completions(m, ids, max_new_tokens, generator=g, prompt_mask=seen)
         out.append(true_rewards(list(examples), [tok.decode(r) for r in comps]))
     a, b = out
     return ((a > b).float() + 0.5 * (a == b).float()).mean().item()

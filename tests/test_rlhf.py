@@ -357,3 +357,102 @@ def test_build_preference_world_trains_sft_in_place_and_centres_the_proxy_on_sft
     texts = [t for ts in world.comparisons.texts for t in ts]
     # InstructGPT's offset: the SFT samples the reward model learned from score 0 on average (float32 sums)
     assert abs(world.proxy(examples, texts).mean().item()) <= 1e-5
+
+
+# --- notebook 09's chain with mask_padding=True: scores, log-probs and evaluations ignore the padding -----
+# Masked keys add exact zeros to each softmax and positions count real tokens only, so the same prompt
+# padded 3 characters further gives the same numbers up to float32 summation order: <= PAD_TOL. Unmasked,
+# the extra spaces are tokens the model reads, and the numbers move by far more (> 100 * PAD_TOL).
+PAD_TOL = 1e-5
+WIDE = W + 3  # tiny()'s block of 24 holds WIDE + T + 1 = 21 tokens
+
+
+def padded_twice(prompts, texts):
+    """response_ids of the same (prompt, text) pairs at widths W and WIDE."""
+    return [rlhf.response_ids(TOK, prompts, texts, width=w, length=T + 1) for w in (W, WIDE)]
+
+
+PROMPTS, TEXTS = ["rev:abc|", "copy:fed|", "sort:cab|"], ["cba", "fe", "abcc\nx"]
+
+
+def test_response_attention_hides_only_the_prompts_left_padding():
+    ids = rlhf.response_ids(TOK, ["rev:ab|"], ["b a"], width=W, length=T)  # a space inside the response
+    seen = rlhf.response_attention(ids, True)
+    assert seen[0].tolist() == [False] * (W - 7) + [True] * (7 + T)
+    assert rlhf.response_attention(ids, False) is None
+
+
+def test_masked_reward_scores_do_not_depend_on_the_padding_width_and_unmasked_do():
+    rm = rlhf.ScalarHeadGPT(tiny(3))
+    narrow, wide = padded_twice(PROMPTS, TEXTS)
+    masked = [rlhf.reward_scores(rm, ids, w, attention_mask=rlhf.response_attention(ids, True))
+              for ids, w in ((narrow, W), (wide, WIDE))]
+    assert (masked[0] - masked[1]).abs().max().item() <= PAD_TOL
+    unmasked = rlhf.reward_scores(rm, wide, WIDE)
+    assert (unmasked - masked[0]).abs().max().item() > 100 * PAD_TOL
+    assert torch.equal(rlhf.reward_scores(rm, narrow, W, attention_mask=None), rlhf.reward_scores(rm, narrow, W))
+
+
+def test_masked_dpo_sequence_logprobs_do_not_depend_on_the_padding_width_and_unmasked_do():
+    model = tiny(4)
+    narrow, wide = padded_twice(PROMPTS, TEXTS)
+    masked = [dpo.sequence_logprobs(model, ids, w, attention_mask=rlhf.response_attention(ids, True))
+              for ids, w in ((narrow, W), (wide, WIDE))]
+    assert (masked[0] - masked[1]).abs().max().item() <= PAD_TOL
+    assert (dpo.sequence_logprobs(model, wide, WIDE) - masked[0]).abs().max().item() > 100 * PAD_TOL
+    with pytest.raises(ValueError, match="attention_mask"):
+        dpo.sequence_logprobs(model, wide, WIDE, attention_mask=rlhf.response_attention(narrow, True))
+
+
+def test_masked_evaluation_and_win_rate_do_not_depend_on_the_padding_width_and_unmasked_do():
+    policy, ref, rm = tiny(5), tiny(5), rlhf.ScalarHeadGPT(tiny(7))
+    for model, steps in ((policy, 60), (ref, 20)):  # a little SFT: responses that earn some true reward
+        rl.train_sft(model, TOK, rlhf.instruction_prompts(256, seed=1), width=W, steps=steps, batch_size=32, seed=0)
+    examples = rlhf.instruction_prompts(24, seed=9)
+
+    def evaluate(width, masked):
+        proxy = rlhf.rm_reward_fn(rm, TOK, width=width, length=T + 1, mask_padding=masked)
+        ev = rlhf.evaluate_policy(policy, ref, TOK, examples, width=width, max_new_tokens=T, reward_fn=proxy,
+                                  samples=2, mask_padding=masked)
+        ev["win"] = rlhf.win_rate(policy, ref, TOK, examples, width=width, max_new_tokens=T, mask_padding=masked)
+        ev["win_greedy"] = rlhf.win_rate(policy, ref, TOK, examples, width=width, max_new_tokens=T, greedy=True,
+                                         mask_padding=masked)
+        return ev
+
+    narrow, wide = evaluate(W, True), evaluate(WIDE, True)
+    assert narrow.keys() == wide.keys() == {"true", "kl", "proxy", "true_greedy", "win", "win_greedy"}
+    assert all(abs(narrow[k] - wide[k]) <= PAD_TOL for k in narrow), (narrow, wide)
+    unmasked = evaluate(WIDE, False)
+    assert all(abs(unmasked[k] - narrow[k]) > 100 * PAD_TOL for k in ("true", "kl", "proxy")), (narrow, unmasked)
+
+
+def test_unmasked_evaluation_keeps_notebook_09s_greedy_tokens():
+    """evaluate_policy's greedy reward now comes from rl.greedy_completions: unmasked it is model.generate's."""
+    policy, examples = tiny(5), rlhf.instruction_prompts(24, seed=9)
+    ids = rl.encode_prompts(TOK, [e.prompt for e in examples], W)
+    texts = [TOK.decode(r) for r in policy.generate(ids, T, temperature=0.0)[:, W:]]
+    want = rlhf.true_rewards(examples, texts).mean().item()
+    assert rlhf.evaluate_policy(policy, policy, TOK, examples, width=W, max_new_tokens=T)["true_greedy"] == want
+
+
+def test_masked_preference_world_and_dpo_do_not_depend_on_the_padding_width():
+    """The whole chain with mask_padding=True (SFT, comparisons, reward model, its accuracy and offset, the
+    proxy, DPO) run at two padding widths: the same samples, and numbers within PAD_TOL after a few steps."""
+    worlds, dpo_losses = {}, {}
+    for width in (W, WIDE):
+        world = rlhf.build_preference_world(tiny(0), TOK, sft_prompts=rlhf.instruction_prompts(32, seed=1),
+                                            rm_prompts=rlhf.instruction_prompts(8, seed=11),
+                                            heldout=rlhf.instruction_prompts(8, seed=2), width=width,
+                                            max_new_tokens=T, seed=0, sft_steps=3, rm_steps=3, mask_padding=True)
+        assert world.mask_padding
+        worlds[width] = world
+        dpo_losses[width] = dpo.train_dpo(copy.deepcopy(world.sft), world.sft, world.comparisons, beta=0.5, steps=3,
+                                          batch_prompts=4, lr=3e-3, mask_padding=True).loss
+    a, b = worlds[W], worlds[WIDE]
+    assert a.comparisons.texts == b.comparisons.texts and torch.equal(a.comparisons.rankings, b.comparisons.rankings)
+    assert a.rm_heldout_accuracy == b.rm_heldout_accuracy or (math.isnan(a.rm_heldout_accuracy)
+                                                               and math.isnan(b.rm_heldout_accuracy))
+    examples = [e for e in a.comparisons.examples for _ in range(4)]
+    texts = [t for ts in a.comparisons.texts for t in ts]
+    assert (a.proxy(examples, texts) - b.proxy(examples, texts)).abs().max().item() <= PAD_TOL
+    assert max(abs(x - y) for x, y in zip(dpo_losses[W], dpo_losses[WIDE], strict=True)) <= PAD_TOL
