@@ -3,6 +3,11 @@
     COURSE_HEADLESS=1 COURSE_THREADS=1 nice python scripts/dpo_vs_ppo.py        # seeds 0,1,2
     python scripts/dpo_vs_ppo.py --quick     # a smoke run (one seed, few steps), writes nothing
 
+Seeds are independent (each reseeds everything), so they may run as separate processes and be combined:
+
+    python scripts/dpo_vs_ppo.py --seeds 0 --out-dir /tmp/d0      # ... one per seed, then
+    python scripts/dpo_vs_ppo.py --merge /tmp/d0,/tmp/d1,/tmp/d2   # the three CSVs, into course/results
+
 wrote the committed CSVs in 1647 s of wall time (2 CPU cores shared with other jobs, load average 10-14; about
 500-600 s per seed).
 
@@ -31,8 +36,8 @@ PPO's sampling and DPO's minibatches; the prompts are the notebook's for every s
 float summation order (processor, SIMD width, threads), so another machine gives other draws: the
 notebook reads the spread over seeds.
 """
+import argparse
 import copy
-import sys
 import time
 from pathlib import Path
 
@@ -41,13 +46,21 @@ import torch
 import course
 from course import bench, data, dpo, rl, rlhf
 from course.models import load_pretrained
+from course.seed_csv import merge_seed_csvs
 
-if set(sys.argv[1:]) - {"--quick"}:  # --help or a typo must not start the whole run
-    print(__doc__)
-    sys.exit(0 if set(sys.argv[1:]) <= {"--quick", "-h", "--help"} else 2)
-QUICK = "--quick" in sys.argv
 RESULTS = Path(__file__).resolve().parents[1] / "course" / "results"
-SEEDS = [0] if QUICK else [0, 1, 2]
+CSVS = ("instructgpt_dpo_seeds.csv", "instructgpt_ppo_diagnostics.csv", "instructgpt_samples.csv")
+ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # a typo must not start the whole run
+ap.add_argument("--quick", action="store_true", help="one seed, few steps; writes nothing unless --out-dir")
+ap.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; --quick: 0)")
+ap.add_argument("--out-dir", default=None, help="where to write the three CSVs (default course/results)")
+ap.add_argument("--merge", default="", help="comma-separated --out-dir folders of per-seed runs to combine into "
+                "course/results instead of training")
+ARGS = ap.parse_args()
+QUICK = ARGS.quick
+OUT = Path(ARGS.out_dir) if ARGS.out_dir else (None if QUICK else RESULTS)
+SEEDS = [int(x) for x in ARGS.seeds.split(",")] if ARGS.seeds else [0] if QUICK else [0, 1, 2]
+MASK = False                      # hide the prompts' left padding from every model (course.rlhf, issue 19 item 4)
 W, T = 12, 7                      # prompt width, new tokens per response (as in the notebook)
 SFT_STEPS, RM_STEPS = 150, 250    # the notebook's small preset
 PPO_STEPS = 4 if QUICK else 80
@@ -70,11 +83,12 @@ heldout = rlhf.instruction_prompts(200, seed=2)
 
 def response_texts(model, examples, *, greedy, seed=7):
     """One response per example, cut at the first newline: sampled at temperature 1 or greedy."""
-    ids = rl.encode_prompts(tok, [e.prompt for e in examples], W)
+    prompts = [e.prompt for e in examples]
+    ids, seen = rl.encode_prompts(tok, prompts, W), rl.padding_mask(prompts, W) if MASK else None
     if greedy:
-        comps = model.generate(ids, T, temperature=0.0)[:, W:]
+        comps = rl.greedy_completions(model, ids, T, prompt_mask=seen)
     else:
-        comps, _ = rl.sample_completions(model, ids, T, generator=torch.Generator().manual_seed(seed))
+        comps, _ = rl.sample_completions(model, ids, T, generator=torch.Generator().manual_seed(seed), prompt_mask=seen)
     texts = [t.split(rl.STOP, 1)[0] for t in rl.decode_completions(tok, comps)]
     return [t if len(t.splitlines()) <= 1 else ascii(t) for t in texts]  # one CSV line per response
 
@@ -86,6 +100,10 @@ def mean_length(model):
 
 
 def main():
+    if ARGS.merge:
+        for name in CSVS:
+            print("wrote", merge_seed_csvs([Path(d) / name for d in ARGS.merge.split(",")], RESULTS / name))
+        return
     rows, diag_rows, sample_rows, seconds = [], [], [], []
     t_all = time.perf_counter()
     for seed in SEEDS:
@@ -93,14 +111,15 @@ def main():
         course.seed_everything(seed)
         world = rlhf.build_preference_world(load_pretrained("instructgpt-base"), tok, sft_prompts=sft_prompts,
                                             rm_prompts=rm_prompts, heldout=heldout, width=W, max_new_tokens=T,
-                                            seed=seed, sft_steps=SFT_STEPS, rm_steps=RM_STEPS)
+                                            seed=seed, sft_steps=SFT_STEPS, rm_steps=RM_STEPS, mask_padding=MASK)
         sft, comparisons, rm, proxy = world.sft, world.comparisons, world.rm, world.proxy
         rm_acc = world.rm_heldout_accuracy
         print(f"seed {seed}: SFT + RM in {time.perf_counter() - t_seed:.0f} s; RM held-out accuracy {rm_acc:.3f}",
               flush=True)
 
         def measure(method, beta, step, model):
-            ev = rlhf.evaluate_policy(model, sft, tok, heldout, width=W, max_new_tokens=T, reward_fn=proxy, samples=2)
+            ev = rlhf.evaluate_policy(model, sft, tok, heldout, width=W, max_new_tokens=T, reward_fn=proxy, samples=2,
+                                      mask_padding=MASK)
             rows.append({"seed": seed, "method": method, "beta": beta, "step": step, "kl": round(ev["kl"], 4),
                          "proxy_reward": round(ev["proxy"], 4), "true_reward": round(ev["true"], 4),
                          "true_reward_greedy": round(ev["true_greedy"], 4), "mean_length": round(mean_length(model), 4),
@@ -131,7 +150,7 @@ def main():
             hist = rlhf.train_ppo(policy, sft, proxy, ppo_prompts, tok=tok, width=W, max_new_tokens=T, steps=PPO_STEPS,
                                   value_model=rlhf.ScalarHeadGPT(copy.deepcopy(rm.body)), batch_size=64,
                                   minibatch_size=16, ppo_epochs=2, lr=1e-4, beta=beta, seed=1 + 100 * seed,
-                                  progress=False, callback=evaluate, **extra)
+                                  progress=False, callback=evaluate, mask_padding=MASK, **extra)
             for i, step in enumerate(hist.step):
                 diag_rows.append({"seed": seed, "method": method, "iteration": step, "beta": round(hist.beta[i], 5),
                                   "rollout_kl": round(hist.kl[i], 4), "clipfrac": round(hist.clipfrac[i], 4),
@@ -149,27 +168,24 @@ def main():
                     measure(method, beta, step, model)
 
             dpo.train_dpo(policy, sft, comparisons, beta=beta, steps=DPO_STEPS, batch_prompts=32, lr=DPO_LR,
-                          stop_id=STOP_ID, seed=seed, callback=evaluate)
+                          stop_id=STOP_ID, seed=seed, callback=evaluate, mask_padding=MASK)
             store_samples(method, policy)
         seconds.append(time.perf_counter() - t_seed)
         print(f"seed {seed} done in {seconds[-1]:.0f} s", flush=True)
 
     total = time.perf_counter() - t_all
     print(f"total {total:.0f} s")
-    if QUICK:
+    if OUT is None:
         return
     tags = {"script": "scripts/dpo_vs_ppo.py", "seeds": ",".join(map(str, SEEDS)),
             "config": f"sft_steps={SFT_STEPS} rm_steps={RM_STEPS} ppo_steps={PPO_STEPS} beta={BETA} batch=64 "
                       f"minibatch=16 epochs=2 lr=1e-4; field: value_clip=0.2 grad_clip=1.0+1.0 kl_target={KL_TARGET} "
                       f"kl_horizon={KL_HORIZON}; dpo_betas={DPO_BETAS} dpo_steps={DPO_STEPS} dpo_lr={DPO_LR} "
-                      f"dpo_batch=32 prompts x 6 pairs",
+                      f"dpo_batch=32 prompts x 6 pairs; mask_padding={MASK}" + (" QUICK" if QUICK else ""),
             "seconds_per_seed": ",".join(f"{s:.0f}" for s in seconds), "seconds_total": f"{total:.0f}",
             "threads": str(torch.get_num_threads())}
-    bench.save_csv(rows, RESULTS / "instructgpt_dpo_seeds.csv", tags=tags)
-    bench.save_csv(diag_rows, RESULTS / "instructgpt_ppo_diagnostics.csv", tags=tags)
-    bench.save_csv(sample_rows, RESULTS / "instructgpt_samples.csv", tags=tags)
-    print("wrote", RESULTS / "instructgpt_dpo_seeds.csv", RESULTS / "instructgpt_ppo_diagnostics.csv", "and",
-          RESULTS / "instructgpt_samples.csv")
+    for table, name in zip((rows, diag_rows, sample_rows), CSVS, strict=True):
+        print("wrote", bench.save_csv(table, OUT / name, tags=tags))
 
 
 if __name__ == "__main__":
