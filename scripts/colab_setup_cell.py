@@ -55,9 +55,14 @@ def where_it_runs(stem: str) -> str:
         text += ("\n\n**Where it runs.** Linux: everything (Triton kernels in the CPU interpreter without a GPU). "
                  "macOS and Windows: every PyTorch cell; a cell that launches a Triton kernel stops with a message, "
                  "because Triton ships for Linux only (use WSL2, the devcontainer or Colab). Colab's free T4 "
-                 "(sm_75) has no bf16 tensor cores, and the course's compile test (tests/test_gpu_compile.py) "
-                 "found kernel configs that need more than its 64 KiB of shared memory: on a T4, expect some "
-                 "kernels to fail to launch until they are tuned for it (a CPU runtime runs everything).")
+                 "(sm_75): Triton 3.9 gives it no tensor-core instructions for any dtype (below sm_80 `tl.dot` "
+                 "compiles to ordinary FMAs) and 64 KiB of shared memory per block, so the course autotunes over "
+                 "small T4 tiles that the compile test (tests/test_gpu_compile.py) compiled there without spills "
+                 "(compiled on a CPU; no T4 has run them yet: a CPU runtime runs everything).")
+        if stem.startswith("04"):
+            text += (" The packed ternary kernel of this notebook does not compile for sm_75 at all (Triton's FMA "
+                     "path cannot take int8 `tl.dot` operands): on a T4 it stops with a message saying so; use a "
+                     "CPU runtime or an sm_80+ GPU for those cells.")
     return f"{LINK_BEGIN}\n{text}\n{LINK_END}"
 
 
