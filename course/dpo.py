@@ -9,8 +9,8 @@ alone, and a Bradley-Terry likelihood on that *implicit reward* trains the polic
 
 Here the data are the ranked comparisons of :func:`course.rlhf.collect_comparisons` (K responses per
 prompt, sampled from the SFT model and ranked by the noisy labelers), used, like the reward model, as all
-K choose 2 (winner, loser) pairs of each ranking. ``mask_padding`` / ``attention_mask`` hide the prompts'
-left padding from the models (as in :mod:`course.rlhf`, whose module docstring says why the default attends to it).
+K choose 2 (winner, loser) pairs of each ranking. ``mask_padding`` (default) / ``attention_mask`` hide the
+prompts' left padding from the models, as everywhere in :mod:`course.rlhf`.
 """
 
 from __future__ import annotations
@@ -82,14 +82,14 @@ class DPOHistory:
 def train_dpo(policy: TinyGPT, ref: TinyGPT, comparisons: ComparisonData, *, beta: float, steps: int,
               batch_prompts: int = 32, lr: float = 1e-4, stop_id: int = 0, seed: int = 0,
               loss_fn: Callable = dpo_loss, callback: Callable[[int, TinyGPT], None] | None = None,
-              mask_padding: bool = False) -> DPOHistory:
+              mask_padding: bool = True) -> DPOHistory:
     """AdamW on ``loss_fn(logp_w, logp_l, ref_logp_w, ref_logp_l, beta=)`` over all ranked pairs of random
     batches of prompts; ``policy`` is trained in place, ``ref`` stays frozen (its log-probs are computed once).
 
     All K responses of a prompt go through the policy in one batch, so one forward pass serves K choose 2
     pairs (as for the reward model). ``callback(step, policy)`` runs after each step (evaluate there; the
-    policy is in eval mode during the call). ``mask_padding`` hides the prompts' left padding from the
-    policy and the reference.
+    policy is in eval mode during the call). ``mask_padding`` (default) hides the prompts' left padding
+    from the policy and the reference; False attends to it.
     """
     for name, m in (("policy", policy), ("ref", ref)):
         if not isinstance(m, TinyGPT):

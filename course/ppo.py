@@ -206,7 +206,7 @@ def train_ppo(policy: TinyGPT, ref: TinyGPT, reward_fn: Callable, prompts: Seque
               callback: Callable[[int, TinyGPT], None] | None = None, value_clip_eps: float | None = None,
               value_loss_fn: Callable = clipped_value_loss, max_grad_norm: float = 1.0,
               value_max_grad_norm: float | None = None, kl_target: float | None = None, kl_horizon: float = 10_000,
-              kl_update_fn: Callable = adaptive_kl_beta, mask_padding: bool = False) -> PPOHistory:
+              kl_update_fn: Callable = adaptive_kl_beta, mask_padding: bool = True) -> PPOHistory:
     """PPO with a per-token KL penalty to ``ref`` folded into the reward (InstructGPT's RL step).
 
     Each of ``steps`` iterations samples one completion for ``batch_size`` random prompts from
@@ -225,9 +225,8 @@ def train_ppo(policy: TinyGPT, ref: TinyGPT, reward_fn: Callable, prompts: Seque
     iteration by ``kl_update_fn(beta, measured_kl, target=, horizon=kl_horizon, n_steps=batch_size)``.
     Clip fraction and approximate KL (:func:`ppo_diagnostics`) are logged per update and per iteration.
 
-    ``mask_padding`` hides the prompts' left padding from the policy, the reference and the value model
-    (sampling, log-probs, values, KL); the default False attends to it, as notebook 09's committed runs
-    did (notebook 10 passes True).
+    ``mask_padding`` (default) hides the prompts' left padding from the policy, the reference and the
+    value model (sampling, log-probs, values, KL), as notebooks 09 and 10 run it; False attends to it.
 
     ``value_model`` defaults to a :class:`course.rlhf.ScalarHeadGPT` on a copy of ``ref``. ``policy`` is trained in
     place; ``ref`` stays frozen. Returns a :class:`PPOHistory`; ``true_fn`` (batched, like

@@ -295,7 +295,7 @@ def sft_loss(model: TinyGPT, ids: torch.Tensor, mask: torch.Tensor, *,
     """Mean cross-entropy over the response tokens only (``mask`` from :func:`sft_batch`).
 
     ``attention_mask`` (B, L) bool (:func:`left_padding_mask` of ``ids``) hides the prompt's left
-    padding, as :func:`train_sft` does; None lets the model attend to it (notebook 09's exercise)."""
+    padding, as :func:`train_sft` and notebook 09's exercise do; None lets the model attend to it."""
     _require_model(model)
     if mask.shape != (ids.shape[0], ids.shape[1] - 1):
         raise ValueError(f"mask must have shape (B, L-1) = {(ids.shape[0], ids.shape[1] - 1)}, got {tuple(mask.shape)}")
@@ -311,10 +311,10 @@ def train_sft(model: TinyGPT, tok: CharTokenizer, examples: Sequence[Example], *
               on_eval: Callable[[int, TinyGPT, float], None] | None = None) -> list[float]:
     """AdamW on :func:`sft_loss` for ``steps`` random minibatches; returns the loss per step.
 
-    ``mask_padding`` (default) hides the prompts' left padding from the model; False attends to it
-    (how notebook 09's committed runs were trained). With ``eval_every``, ``on_eval(step, model,
-    training_seconds)`` is called every that many steps and after the last, in eval mode; the one
-    optimiser carries on across evaluations (the scripts of notebook 10 compare methods this way).
+    ``mask_padding`` (default) hides the prompts' left padding from the model; False attends to it.
+    With ``eval_every``, ``on_eval(step, model, training_seconds)`` is called every that many steps and
+    after the last, in eval mode; the one optimiser carries on across evaluations (the scripts of
+    notebook 10 compare methods this way).
     """
     _require_model(model)
     if steps < 0 or batch_size < 1:

@@ -10,12 +10,10 @@
   ranking (:func:`rm_pairwise_loss`).
 * **PPO** (:func:`train_ppo` and its pieces) lives in :mod:`course.ppo` and is re-exported here.
 * **Padding.** Prompts are left-padded with spaces (:func:`course.rl.encode_prompts`). Every function
-  here that runs a model takes ``mask_padding`` (or, on raw ids, an ``attention_mask``): True hides that
-  padding from the model (:func:`course.rl.left_padding_mask`), so a prompt's samples, scores and
-  log-probs do not depend on how far it was padded. The default False attends to it: notebook 09's
-  committed runs (its CSVs and the notebook's own cells) were made that way and have not been re-run
-  with the mask yet (issue 19 item 4). Notebook 10's loops hide it (``course.rl``;
-  ``train_ppo(mask_padding=True)``).
+  here that runs a model takes ``mask_padding`` (or, on raw ids, an ``attention_mask``): True, the
+  default, hides that padding from the model (:func:`course.rl.left_padding_mask`), so a prompt's
+  samples, scores and log-probs do not depend on how far it was padded (issue 19 item 4); False attends
+  to it, as notebook 09's runs did before they were re-run with the mask. Notebook 10's loops hide it too.
 
 The reference versions here are what the notebook's checks compare learners' code against; the
 trainer takes the learner's functions as arguments. Everything is seeded and CPU-sized.
@@ -210,7 +208,7 @@ class ComparisonData:
 @torch.no_grad()
 def collect_comparisons(policy: TinyGPT, tok: CharTokenizer, examples: Sequence[Example], *, k: int,
                         width: int, max_new_tokens: int, temperature: float = 1.0,
-                        label_temperature: float = 0.1, seed: int = 0, mask_padding: bool = False) -> ComparisonData:
+                        label_temperature: float = 0.1, seed: int = 0, mask_padding: bool = True) -> ComparisonData:
     """Sample ``k`` responses per prompt from ``policy`` (``mask_padding``: with the prompts' left padding
     hidden from it) and have noisy labelers rank them."""
     if k < 2:
@@ -232,7 +230,7 @@ def collect_comparisons(policy: TinyGPT, tok: CharTokenizer, examples: Sequence[
 
 @torch.no_grad()
 def pairwise_accuracy(rm: ScalarHeadGPT, comparisons: ComparisonData, *, against: str = "true",
-                      mask_padding: bool = False) -> float:
+                      mask_padding: bool = True) -> float:
     """Fraction of pairs the reward model orders like the true reward (``against='true'``; pairs the
     true reward ties are skipped) or like the noisy labels (``against='labels'``; every pair).
     ``mask_padding`` scores with the prompts' left padding hidden (as the reward model was trained)."""
@@ -252,7 +250,7 @@ def pairwise_accuracy(rm: ScalarHeadGPT, comparisons: ComparisonData, *, against
     return ((dt[keep] > 0) == (ds[keep] > 0)).float().mean().item()
 
 
-def comparison_scores(rm: ScalarHeadGPT, comparisons: ComparisonData, *, mask_padding: bool = False) -> torch.Tensor:
+def comparison_scores(rm: ScalarHeadGPT, comparisons: ComparisonData, *, mask_padding: bool = True) -> torch.Tensor:
     """The reward model's scores (P, K) of every compared response (``mask_padding``: padding hidden)."""
     p, k, length = comparisons.ids.shape
     flat = comparisons.ids.view(p * k, length)
@@ -261,7 +259,7 @@ def comparison_scores(rm: ScalarHeadGPT, comparisons: ComparisonData, *, mask_pa
 
 def train_reward_model(rm: ScalarHeadGPT, comparisons: ComparisonData, *, steps: int, batch_prompts: int = 32,
                        lr: float = 1e-3, seed: int = 0, loss: Callable = rm_pairwise_loss,
-                       mask_padding: bool = False) -> list[float]:
+                       mask_padding: bool = True) -> list[float]:
     """AdamW on ``loss(scores (P, K), rankings (P, K))`` over random batches of prompts; loss per step.
 
     All K responses of a prompt go in one batch, so each forward pass serves K choose 2 comparisons
@@ -290,7 +288,7 @@ def train_reward_model(rm: ScalarHeadGPT, comparisons: ComparisonData, *, steps:
 
 
 def rm_reward_fn(rm: ScalarHeadGPT, tok: CharTokenizer, *, width: int, length: int, offset: float = 0.0,
-                 mask_padding: bool = False) -> Callable:
+                 mask_padding: bool = True) -> Callable:
     """A batched reward function ``(examples, texts) -> tensor (B,)`` that asks the reward model.
 
     ``offset`` is subtracted from every score: InstructGPT normalises its reward model so that the
@@ -318,22 +316,22 @@ class PreferenceWorld:
     rm: ScalarHeadGPT
     rm_heldout_accuracy: float
     proxy: Callable
-    mask_padding: bool = False  # whether every step above hid the prompts' left padding
+    mask_padding: bool = True  # whether every step above hid the prompts' left padding
 
 
 def build_preference_world(base: TinyGPT, tok: CharTokenizer, *, sft_prompts: Sequence[Example],
                            rm_prompts: Sequence[Example], heldout: Sequence[Example], width: int,
                            max_new_tokens: int, seed: int, sft_steps: int = 150, rm_steps: int = 250,
                            k: int = 4, label_temperature: float = 0.05,
-                           mask_padding: bool = False) -> PreferenceWorld:
+                           mask_padding: bool = True) -> PreferenceWorld:
     """Notebook 09's recipe, shared by its scripts (sweep_ppo_kl.py, dpo_vs_ppo.py): SFT of ``base`` (in
     place) on the demonstrations, ``k`` sampled responses per prompt ranked by noisy labelers, a reward
     model (a copy of the SFT model with a scalar head) trained on all k choose 2 pairs, normalised so
     that the SFT responses score 0 on average (InstructGPT's offset).
 
     ``mask_padding`` hides the prompts' left padding from every model at every step (SFT, sampling the
-    comparisons, the reward model's training, accuracy, offset and proxy); the default False attends to
-    it, as notebook 09's committed runs did (see the module docstring).
+    comparisons, the reward model's training, accuracy, offset and proxy), as notebook 09 and its scripts
+    run it; False attends to it at every step (see the module docstring).
     """
     from .rl import train_sft
 
@@ -365,7 +363,7 @@ def per_example(fn: Callable[[Example, str], float]) -> Callable:
 @torch.no_grad()
 def evaluate_policy(policy: TinyGPT, ref: TinyGPT, tok: CharTokenizer, examples: Sequence[Example], *,
                     width: int, max_new_tokens: int, reward_fn: Callable | None = None, samples: int = 1,
-                    seed: int = 1234, mask_padding: bool = False) -> dict:
+                    seed: int = 1234, mask_padding: bool = True) -> dict:
     """Mean true reward, proxy reward (if ``reward_fn``) and KL(pi || ref) per sequence on ``examples``,
     from ``samples`` sampled completions per prompt (temperature 1, the distribution RL optimises),
     plus the true reward of the greedy completion. ``mask_padding`` hides the prompts' left padding from
@@ -408,7 +406,7 @@ def corpus_loss(model: TinyGPT, tokens: torch.Tensor, *, block: int = 32, batche
 @torch.no_grad()
 def win_rate(model_a: TinyGPT, model_b: TinyGPT, tok: CharTokenizer, examples: Sequence[Example], *,
              width: int, max_new_tokens: int, greedy: bool = False, seed: int = 99,
-             mask_padding: bool = False) -> float:
+             mask_padding: bool = True) -> float:
     """How often A's response beats B's by the true reward (ties count one half); sampled at
     temperature 1, or greedy with ``greedy=True``; ``mask_padding`` hides the prompts' left padding."""
     out = []

@@ -8,8 +8,10 @@ Seeds are independent (each reseeds everything), so they may run as separate pro
     python scripts/dpo_vs_ppo.py --seeds 0 --out-dir /tmp/d0      # ... one per seed, then
     python scripts/dpo_vs_ppo.py --merge /tmp/d0,/tmp/d1,/tmp/d2   # the three CSVs, into course/results
 
-wrote the committed CSVs in 1647 s of wall time (2 CPU cores shared with other jobs, load average 10-14; about
-500-600 s per seed).
+wrote the committed CSVs as three processes, one per seed, run concurrently with sweep_ppo_kl.py's three and merged
+(``--merge``): about 920 s of wall time each (about 128 s of CPU time each by /usr/bin/time: 2 CPU cores shared with
+other jobs, load 7-11). Every model hides the prompts' left padding (``MASK``, issue 19 item 4). Running seed 1
+alone and after seed 0 in one process gives the same rows (checked with ``--quick``).
 
 For each seed, builds the notebook's world with course.rlhf.build_preference_world (SFT of
 instructgpt-base on the demonstrations, K = 4 comparisons per prompt ranked by noisy Bradley-Terry
@@ -60,7 +62,7 @@ ARGS = ap.parse_args()
 QUICK = ARGS.quick
 OUT = Path(ARGS.out_dir) if ARGS.out_dir else (None if QUICK else RESULTS)
 SEEDS = [int(x) for x in ARGS.seeds.split(",")] if ARGS.seeds else [0] if QUICK else [0, 1, 2]
-MASK = False                      # hide the prompts' left padding from every model (course.rlhf, issue 19 item 4)
+MASK = True                       # hide the prompts' left padding from every model (course.rlhf, issue 19 item 4)
 W, T = 12, 7                      # prompt width, new tokens per response (as in the notebook)
 SFT_STEPS, RM_STEPS = 150, 250    # the notebook's small preset
 PPO_STEPS = 4 if QUICK else 80

@@ -9,8 +9,10 @@ Seeds are independent (each reseeds everything), so they may run as separate pro
     python scripts/sweep_ppo_kl.py --seeds 0 --out-dir /tmp/s0     # ... one per seed, then
     python scripts/sweep_ppo_kl.py --merge /tmp/s0,/tmp/s1,/tmp/s2  # both CSVs, into course/results
 
-wrote the committed course/results/instructgpt_ppo_kl_sweep.csv and instructgpt_win_rates.csv in 2989 s of wall
-time (415 s of CPU time: 2 CPU cores shared with other jobs, load about 10; on an idle core expect about 7 minutes).
+wrote the committed course/results/instructgpt_ppo_kl_sweep.csv and instructgpt_win_rates.csv as three processes,
+one per seed, run concurrently with dpo_vs_ppo.py's three and merged (``--merge``): about 970 s of wall time each
+(about 156 s of CPU time each by /usr/bin/time: 2 CPU cores shared with other jobs, load 7-11; on an idle core
+expect about 8 minutes for all three seeds). Every model hides the prompts' left padding (``MASK``, issue 19 item 4).
 
 For each seed, builds the notebook's world with course.rlhf.build_preference_world (SFT of instructgpt-base on the
 demonstrations, comparisons ranked by noisy Bradley-Terry labelers, a reward model trained on all K choose 2
@@ -60,7 +62,7 @@ if ARGS.merge:
 QUICK = ARGS.quick
 OUT = Path(ARGS.out_dir) if ARGS.out_dir else (None if QUICK else RESULTS)
 SEEDS = [int(x) for x in ARGS.seeds.split(",")] if ARGS.seeds else [0] if QUICK else [0, 1, 2]
-MASK = False                      # hide the prompts' left padding from every model (course.rlhf, issue 19 item 4)
+MASK = True                       # hide the prompts' left padding from every model (course.rlhf, issue 19 item 4)
 W, T = 12, 7                      # prompt width, new tokens per response (same as the notebook)
 SFT_STEPS, RM_STEPS = 150, 250    # the notebook's small preset (what CI runs)
 PPO_STEPS = 6 if QUICK else 80

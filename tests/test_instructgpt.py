@@ -38,14 +38,22 @@ def test_every_check_passes_the_reference_and_fails_the_stub():
 
 
 def test_sft_check_rejects_a_loss_over_every_token():
-    def unmasked(model, ids, mask):
+    def unmasked(model, ids, mask, attention_mask=None):
         return model(ids[:, :-1], ids[:, 1:])[1]
     assert not passed(checks.sft_loss, unmasked)
     assert "every token" in core.RESULTS[-1].message
 
 
+def test_sft_check_rejects_a_loss_that_lets_the_model_attend_to_the_padding():
+    def attends(model, ids, mask, attention_mask=None):
+        return rl.sft_loss(model, ids, mask)  # the response-only loss, but attention_mask ignored
+    assert not passed(checks.sft_loss, attends)
+    assert "attended to the left padding" in core.RESULTS[-1].message
+
+
 def test_sft_check_rejects_a_detached_loss():
-    assert not passed(checks.sft_loss, lambda m, i, k: rl.sft_loss(m, i, k).detach())
+    assert not passed(checks.sft_loss, lambda m, i, k, attention_mask=None: rl.sft_loss(
+        m, i, k, attention_mask=attention_mask).detach())
 
 
 # --- 9.2 --------------------------------------------------------------------------------------

@@ -420,19 +420,22 @@ def test_masked_evaluation_and_win_rate_do_not_depend_on_the_padding_width_and_u
         return ev
 
     narrow, wide = evaluate(W, True), evaluate(WIDE, True)
+    default = rlhf.evaluate_policy(policy, ref, TOK, examples, width=W, max_new_tokens=T, samples=2)
+    assert all(default[k] == narrow[k] for k in default)  # notebook 09's chain hides the padding by default
     assert narrow.keys() == wide.keys() == {"true", "kl", "proxy", "true_greedy", "win", "win_greedy"}
     assert all(abs(narrow[k] - wide[k]) <= PAD_TOL for k in narrow), (narrow, wide)
     unmasked = evaluate(WIDE, False)
     assert all(abs(unmasked[k] - narrow[k]) > 100 * PAD_TOL for k in ("true", "kl", "proxy")), (narrow, unmasked)
 
 
-def test_unmasked_evaluation_keeps_notebook_09s_greedy_tokens():
-    """evaluate_policy's greedy reward now comes from rl.greedy_completions: unmasked it is model.generate's."""
+def test_unmasked_evaluation_keeps_model_generates_greedy_tokens():
+    """evaluate_policy's greedy reward comes from rl.greedy_completions: unmasked it is model.generate's."""
     policy, examples = tiny(5), rlhf.instruction_prompts(24, seed=9)
     ids = rl.encode_prompts(TOK, [e.prompt for e in examples], W)
     texts = [TOK.decode(r) for r in policy.generate(ids, T, temperature=0.0)[:, W:]]
     want = rlhf.true_rewards(examples, texts).mean().item()
-    assert rlhf.evaluate_policy(policy, policy, TOK, examples, width=W, max_new_tokens=T)["true_greedy"] == want
+    ev = rlhf.evaluate_policy(policy, policy, TOK, examples, width=W, max_new_tokens=T, mask_padding=False)
+    assert ev["true_greedy"] == want
 
 
 def test_masked_preference_world_and_dpo_do_not_depend_on_the_padding_width():

@@ -34,7 +34,8 @@ def _scalar(value, name: str) -> torch.Tensor:
 
 @check
 def sft_loss(fn):
-    """``fn(model, ids, mask)``: mean next-token cross-entropy over response tokens only."""
+    """``fn(model, ids, mask, attention_mask=)``: mean next-token cross-entropy over response tokens only,
+    with the prompts' left padding hidden from the model (``attention_mask``, (B, L) bool)."""
     tok = CharTokenizer()
     torch.manual_seed(0)
     model = TinyGPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, d_model=16)).eval()
@@ -42,20 +43,26 @@ def sft_loss(fn):
                [Example("copy:abc|", "abc"), Example("sort:cab|", "abc"), Example("rev:abcde|", "edcba")]]
     for examples in batches:
         ids, mask = rl.sft_batch(tok, examples, width=12)
-        seen = grad_of(fn, (beside(model, fn), ids, mask), wrt=(), params=[(0, "embed.weight")])
+        seen_mask = rl.left_padding_mask(ids, tok.stoi[rl.PAD])
+        seen = grad_of(fn, (beside(model, fn), ids, mask), wrt=(), kwargs={"attention_mask": seen_mask},
+                       params=[(0, "embed.weight")])
         got = _scalar(seen["value"], "sft_loss")
-        want = rl.sft_loss(model, ids, mask)
+        want = rl.sft_loss(model, ids, mask, attention_mask=seen_mask)
         unmasked = model(ids[:, :-1], ids[:, 1:])[1]
+        attended = rl.sft_loss(model, ids, mask)  # the same loss with the padding visible to the model
         hint = ("the loss should average over response targets only (mask == 1): "
-                "sum(nll * mask) / sum(mask)")
+                "sum(nll * mask) / sum(mask), with logits from model(ids[:, :-1], attention_mask=attention_mask[:, :-1])")
         if abs(got.item() - unmasked.item()) < 1e-6 and abs(want.item() - unmasked.item()) > 1e-4:
             hint = "this is the loss over every token, prompt and padding included: multiply by the mask"
+        elif abs(got.item() - attended.item()) < 1e-6 and abs(want.item() - attended.item()) > 1e-4:
+            hint = ("the model attended to the left padding: pass attention_mask[:, :-1] (the positions of the "
+                    "inputs ids[:, :-1]) to the model as attention_mask=")
         assert_close(got, want, **TOL, name=f"sft_loss on {len(examples)} example(s)",
-                     inputs={"ids": ids, "mask": mask}, hint=hint)
+                     inputs={"ids": ids, "mask": mask, "attention_mask": seen_mask}, hint=hint)
         grad = seen["params"][0]  # the loss must be differentiable with respect to the model
         require(seen["requires_grad"] and grad is not None and grad.abs().sum() > 0,
                 "sft_loss: no gradient reached the model's parameters (did you detach or use .item()?)")
-    return "2 batches, prompt and padding masked"
+    return "2 batches, prompt and padding masked, padding hidden from the model"
 
 
 # --- 9.2 reward-model loss --------------------------------------------------------------------
