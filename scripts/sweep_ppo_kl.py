@@ -13,6 +13,7 @@ wrote the committed course/results/instructgpt_ppo_kl_sweep.csv and instructgpt_
 one per seed, run concurrently with dpo_vs_ppo.py's three and merged (``--merge``): about 970 s of wall time each
 (about 156 s of CPU time each by /usr/bin/time: 2 CPU cores shared with other jobs, load 7-11; on an idle core
 expect about 8 minutes for all three seeds). Every model hides the prompts' left padding (``MASK``, issue 19 item 4).
+Running seed 1 alone and after seed 0 in one process gives the same rows (checked with ``--quick``).
 
 For each seed, builds the notebook's world with course.rlhf.build_preference_world (SFT of instructgpt-base on the
 demonstrations, comparisons ranked by noisy Bradley-Terry labelers, a reward model trained on all K choose 2
