@@ -110,13 +110,14 @@ def test_compiling_after_interpreted_launches_ignores_the_interpreters_leftover_
 # ptxas's own spill count) into course/results/kernel_configs_lora_bitnet.csv; on a GPU the
 # launchers keep only the configs whose row for that arch fits. Here: the CSV covers every config,
 # what the pruner keeps fits, and a sample recompiled now agrees with the CSV (a few seconds each).
-# Specializations measured per arch: sm_80/sm_90 LoRA in bf16 (tensor cores) and fp32 (the IEEE
+# Specializations measured per arch: sm_80/sm_90 LoRA in bf16 and fp16 (tensor cores) and fp32 (the IEEE
 # path: tl.dot(input_precision="ieee") runs on FMA units by design, every arch), sm_75 LoRA in fp16
 # (a T4 has no bf16) over the Turing tiles; BitNet (int8) on all three.
 
 COMPILE_SCRIPT = solution_code.load_script("compile_lora_bitnet_configs")
 MY_ARCHS = (75, 80, 90)
-LORA_DTYPES = {75: (torch.float16,), 80: (torch.bfloat16, torch.float32), 90: (torch.bfloat16, torch.float32)}
+LORA_DTYPES = {75: (torch.float16,), 80: (torch.bfloat16, torch.float16, torch.float32),
+               90: (torch.bfloat16, torch.float16, torch.float32)}
 SAMPLES = [("lora", 90, "bfloat16,multi=True,r=16,aligned"), ("lora", 80, "bfloat16,multi=True,r=16,aligned"),
            ("lora", 90, "float32,multi=False,r=16,aligned"), ("lora", 80, "float32,multi=False,r=16,aligned"),
            ("lora", 75, "float16,multi=True,r=16,aligned"),
