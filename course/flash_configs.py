@@ -51,8 +51,8 @@ DEFAULT_CONFIG = BlockConfig(32, 32)
 
 # --- GPU block sizes: autotuned over a short list (each config compiles once per specialisation) ----
 # The lists were chosen by compiling every config for sm_90 (H100) without a GPU (``triton.compile``
-# with ``GPUTarget("cuda", 90, 32)``) and reading registers and spills from the cubin with
-# ``cuobjdump -res-usage``; :data:`CONFIG_TABLE` holds the per-arch results the pruner uses.
+# with ``GPUTarget("cuda", 90, 32)``), reading registers from the cubin (``cuobjdump -res-usage``) and
+# spills from ``ptxas -v``; :data:`CONFIG_TABLE` holds the per-arch results the pruner uses.
 
 FWD_GPU_CONFIGS = [BlockConfig(128, 64, 4, 3), BlockConfig(128, 64, 8, 3), BlockConfig(128, 128, 8, 3),
                    BlockConfig(128, 32, 4, 4), BlockConfig(64, 64, 4, 3), BlockConfig(128, 64, 4, 4)]

@@ -102,7 +102,8 @@ def main(argv=None) -> int:
             if tuple(str(x) for x in (case[0], case[1], flash_configs.config_name(case[2]), *case[3:])) not in done]
     print(f"{len(todo)} configs to compile ({len(done)} already in {out})", flush=True)
     tags = {"what": "scripts/compile_flash_configs.py: Triton compile reports (no GPU) of every FlashAttention "
-                    "autotune config; spills = local memory bytes per thread (cuobjdump -res-usage)"}
+                    "autotune config; spills = ptxas -v spill stores + loads, bytes per thread; sm_75: fp16, "
+                    "Turing candidates (flash_configs.TURING_CONFIGS) and tiles tried and dropped"}
     start = time.perf_counter()
     for i, case in enumerate(todo, 1):
         row = compile_row(*case)

@@ -282,13 +282,13 @@ def test_flash_pruning_keeps_exactly_the_configs_the_table_says_compile_cleanly(
 
 # --- sm_75 (Colab T4): fp16 only (no bf16 on Turing), its own small tiles, no tensor cores ---------
 
-def test_flash_config_table_covers_every_turing_candidate_for_sm75_in_fp16():
+def test_flash_config_table_covers_every_turing_candidate_for_sm75_in_fp16_causal_and_not():
     rows = [r for r in _flash_table() if int(r["arch"]) == 75]
-    have = {(r["kernel"], r["config"], int(r["head_dim"])) for r in rows if r["dtype"] == "float16"}
-    missing = [(kind, flash_configs.config_name(c), d) for kind in flash_configs.GPU_CONFIGS
-               for c in flash_configs.candidate_configs(kind, 75) for d in (64, 128)
-               if (kind, flash_configs.config_name(c), d) not in have]
-    assert not missing, f"re-run scripts/compile_flash_configs.py --arch 75 --dtype float16 --causal true: {missing}"
+    have = {(r["kernel"], r["config"], int(r["head_dim"]), str(r["causal"])) for r in rows if r["dtype"] == "float16"}
+    missing = [(kind, flash_configs.config_name(c), d, causal) for kind in flash_configs.GPU_CONFIGS
+               for c in flash_configs.candidate_configs(kind, 75) for d in (64, 128) for causal in ("True", "False")
+               if (kind, flash_configs.config_name(c), d, causal) not in have]
+    assert not missing, f"re-run scripts/compile_flash_configs.py --arch 75 --dtype float16: {missing}"
     assert {r["dtype"] for r in rows} == {"float16"}, "sm_75 has no bf16: the table should not claim it"
     # Triton 3.9 takes the FMA path for tl.dot below sm_80: no row may claim a tensor-core instruction
     assert not [r for r in rows if r["tensor_core"]], "Triton emits mma on sm_75 now: re-measure sm_75"
